@@ -1,0 +1,3 @@
+from spikecompress.cli import main
+
+raise SystemExit(main())
