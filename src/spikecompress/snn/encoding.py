@@ -19,7 +19,9 @@ def direct(x: torch.Tensor, T: int, generator: torch.Generator | None = None) ->
 def poisson(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli spikes with probability clamp(x, 0, 1) at every step: [T, B, ...] in {0, 1}."""
     p = x.clamp(0, 1).unsqueeze(0).expand(T, *x.shape)
-    return (torch.rand(p.shape, generator=generator, device=x.device, dtype=x.dtype) < p).to(x.dtype)
+    return (torch.rand(p.shape, generator=generator, device=x.device, dtype=x.dtype) < p).to(
+        x.dtype
+    )
 
 
 def latency(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -33,7 +35,9 @@ def latency(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -
 ENCODERS = {"direct": direct, "poisson": poisson, "latency": latency}
 
 
-def encode(x: torch.Tensor, T: int, kind: str = "direct", generator: torch.Generator | None = None) -> torch.Tensor:
+def encode(
+    x: torch.Tensor, T: int, kind: str = "direct", generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Encode a static batch x [B, ...] into x_seq [T, B, ...] with the named encoder."""
     if kind not in ENCODERS:
         raise ValueError(f"unknown encoding {kind!r}; choose one of {sorted(ENCODERS)}")

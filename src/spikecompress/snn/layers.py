@@ -15,10 +15,14 @@ import torch
 from torch import nn
 
 
-def check_x_seq(x_seq: torch.Tensor, expected: str, min_dim: int, max_dim: int | None = None) -> None:
+def check_x_seq(
+    x_seq: torch.Tensor, expected: str, min_dim: int, max_dim: int | None = None
+) -> None:
     """Raise a one-line ValueError unless ``x_seq`` has between min_dim and max_dim dimensions."""
     if not isinstance(x_seq, torch.Tensor):
-        raise TypeError(f"expected x_seq to be a tensor of shape {expected}, got {type(x_seq).__name__}")
+        raise TypeError(
+            f"expected x_seq to be a tensor of shape {expected}, got {type(x_seq).__name__}"
+        )
     if x_seq.dim() < min_dim or (max_dim is not None and x_seq.dim() > max_dim):
         raise ValueError(f"expected x_seq of shape {expected}, got {tuple(x_seq.shape)}")
 
@@ -39,7 +43,9 @@ def seq_apply(fn: Callable[[torch.Tensor], torch.Tensor], x_seq: torch.Tensor) -
     return unfold(fn(fold(x_seq)), T)
 
 
-def _seq_forward(layer: nn.Module, base: type, x_seq: torch.Tensor, expected: str, dims: int) -> torch.Tensor:
+def _seq_forward(
+    layer: nn.Module, base: type, x_seq: torch.Tensor, expected: str, dims: int
+) -> torch.Tensor:
     check_x_seq(x_seq, expected, min_dim=dims, max_dim=dims)
     return seq_apply(lambda x: base.forward(layer, x), x_seq)
 
@@ -59,7 +65,7 @@ class Conv2d(nn.Conv2d):
 
 
 class BatchNorm1d(nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` over [T, B, C] or [T, B, C, L]; statistics over time and batch together."""
+    """``nn.BatchNorm1d`` over [T, B, C] or [T, B, C, L]; statistics over time and batch."""
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         check_x_seq(x_seq, "[T, B, C] or [T, B, C, L]", min_dim=3, max_dim=4)

@@ -1,7 +1,7 @@
 """Spiking neurons over ``x_seq`` [T, B, ...]: IF, LIF and PLIF (survey eqs. 2–5).
 
 Parameters are named as in SpikingJelly (``tau``, ``v_threshold``, ``v_reset``, ``decay_input``).
-``tau`` and ``v_threshold`` may be scalars or per-channel tensors [C] (channel = dim 2 of ``x_seq``);
+``tau`` and ``v_threshold`` may be scalars or per-channel tensors [C] (channel = dim 2 of x_seq);
 they live in buffers (LIF, IF) or parameters (PLIF) so surgery can slice them and quantization can
 see them. The membrane potential is explicit state in the attribute ``v`` (never a buffer): a
 forward continues from it when its shape matches the input, and ``reset_state(model)`` clears it.
@@ -25,7 +25,9 @@ from spikecompress.snn.surrogate import ATan, Surrogate
 def _as_tensor(value: float | torch.Tensor, name: str) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=torch.get_default_dtype()).detach().clone()
     if t.dim() > 1:
-        raise ValueError(f"{name} must be a scalar or a per-channel vector [C], got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar or a per-channel vector [C], got shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -34,7 +36,10 @@ def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if p.dim() == 0:
         return p.to(x.dtype)
     if x.dim() < 2 or x.shape[1] != p.shape[0]:
-        raise ValueError(f"per-channel parameter has {p.shape[0]} channels, input step has shape {tuple(x.shape)}")
+        raise ValueError(
+            f"per-channel parameter has {p.shape[0]} channels, input step has shape "
+            f"{tuple(x.shape)}"
+        )
     return p.to(x.dtype).view(-1, *([1] * (x.dim() - 2)))  # [C] -> [C, 1, ...]
 
 
@@ -68,7 +73,9 @@ def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
 
 def _common_init(module, v_threshold, v_reset, surrogate, detach_reset, record_v) -> None:
     module.register_buffer("v_threshold", _as_tensor(v_threshold, "v_threshold"))
-    module.reset = Reset(v_reset=None if v_reset is None else float(v_reset), detach=bool(detach_reset))
+    module.reset = Reset(
+        v_reset=None if v_reset is None else float(v_reset), detach=bool(detach_reset)
+    )
     module.surrogate = surrogate if surrogate is not None else ATan()
     module.record_v = record_v
     module.v = None
@@ -111,7 +118,7 @@ class LIF(nn.Module):
         return _run(self, x_seq, *self._decay_gain())
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
-        """One step x [B, ...] → spikes [B, ...] in plain autograd (streaming; state kept in ``v``)."""
+        """One step x [B, ...] → spikes [B, ...] in plain autograd (streaming; state in ``v``)."""
         return _single(self, x, *self._decay_gain())
 
     def extra_repr(self) -> str:
@@ -140,7 +147,7 @@ class IF(nn.Module):
         return _run(self, x_seq, *self._decay_gain())
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
-        """One step x [B, ...] → spikes [B, ...] in plain autograd (streaming; state kept in ``v``)."""
+        """One step x [B, ...] → spikes [B, ...] in plain autograd (streaming; state in ``v``)."""
         return _single(self, x, *self._decay_gain())
 
     def extra_repr(self) -> str:
@@ -186,7 +193,7 @@ class PLIF(nn.Module):
         return _run(self, x_seq, *self._decay_gain())
 
     def single_step(self, x: torch.Tensor) -> torch.Tensor:
-        """One step x [B, ...] → spikes [B, ...] in plain autograd (streaming; state kept in ``v``)."""
+        """One step x [B, ...] → spikes [B, ...] in plain autograd (streaming; state in ``v``)."""
         return _single(self, x, *self._decay_gain())
 
     def extra_repr(self) -> str:
