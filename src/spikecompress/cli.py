@@ -1,0 +1,92 @@
+"""Command line: ``spikecompress train | eval | list | demo``.
+
+Errors a user can cause (bad argument, unknown model or dataset, missing file, corrupt checkpoint)
+print one line ``spikecompress: error: ...`` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spikecompress import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage)
+        raise UsageError(message)
+
+
+class UsageError(ValueError):
+    """A mistake in the command line."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="dataset name (see `spikecompress list`)")
+    p.add_argument("--T", type=int, default=4, help="time steps per sample")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--encoding", default="direct", help="direct | poisson | latency")
+    p.add_argument("--root", default=None, help="local data directory, .npz file or cache dir")
+    p.add_argument("--limit", type=int, default=None, help="use only this many training samples")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="conv_net", help="model name (see `spikecompress list`)")
+    p.add_argument("--widths", type=_int_list, default=None, help="e.g. 16,32,64")
+    p.add_argument("--neuron", default="lif", help="lif | if | plif")
+    p.add_argument("--ann", action="store_true", help="train the ANN twin (ReLU, same topology)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", help="adam | sgd")
+    p.add_argument("--loss", default="ce", help="ce (mean logits) | tet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: $THREADS)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="spikecompress", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"spikecompress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model and write checkpoint + metrics.json to --out")
+    _add_train_args(p)
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+
+    p = sub.add_parser("eval", help="evaluate a run directory's model on its test data")
+    p.add_argument("run", help="run directory written by `train`")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+
+    sub.add_parser("list", help="list models, datasets, neurons, encodings")
+
+    p = sub.add_parser("demo", help="train a spiking CNN on the embedded digits and report it")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/demo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spikecompress import commands
+
+    try:
+        args = build_parser().parse_args(argv)
+        return commands.COMMANDS[args.command](args)
+    except commands.USER_ERRORS as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"spikecompress: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,155 @@
+"""What each CLI subcommand does; ``cli.py`` only parses arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from spikecompress.train.checkpoint import CheckpointError, atomic_save_tensors, atomic_write_json
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, CheckpointError)
+
+
+def model_spec_for(name: str, data, widths, neuron: str, spiking: bool) -> dict:
+    """The model spec that fits a dataset: input channels, size and classes come from the data."""
+    spec = {
+        "name": name,
+        "in_channels": data.input_shape[0],
+        "input_size": data.input_shape[-1],
+        "classes": data.classes,
+        "spiking": spiking,
+        "neuron": neuron,
+    }
+    if widths is not None:
+        spec["widths"] = list(widths)
+    return spec
+
+
+def train(args: argparse.Namespace) -> int:
+    from spikecompress.data import DataConfig, load_data
+    from spikecompress.models import from_spec
+    from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
+
+    set_threads(args.threads)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        loss=args.loss,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        checkpoint_every=args.checkpoint_every,
+    )
+    data_cfg = DataConfig(
+        name=args.data,
+        T=args.T,
+        batch_size=args.batch_size,
+        encoding=args.encoding,
+        root=args.root,
+        seed=args.seed,
+        limit=args.limit,
+    )
+    data = load_data(data_cfg)
+    seed_everything(args.seed)
+    model = from_spec(model_spec_for(args.model, data, args.widths, args.neuron, not args.ann))
+    meta = {"model": model.spec, "data": _data_dict(data_cfg)}
+    trainer = Trainer(model, data, cfg, out_dir=args.out, meta=meta, verbose=not args.quiet)
+    metrics = trainer.fit()
+    out = Path(args.out)
+    atomic_save_tensors(out / "model.safetensors", model.state_dict())
+    atomic_write_json(out / "metrics.json", metrics)
+    if metrics["resumed"]:
+        Console(stderr=True).print(f"resumed from the checkpoint in {out}")
+    _report(metrics, title=f"{args.model} on {args.data}, T={args.T}")
+    return 0
+
+
+def _data_dict(cfg) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def _report(metrics: dict, title: str) -> None:
+    console = Console()
+    table = Table(title=title)
+    table.add_column("layer")
+    table.add_column("firing rate", justify="right")
+    for name, layer in metrics["layers"].items():
+        table.add_row(name, f"{layer['firing_rate']:.4f}")
+    console.print(table)
+    console.print(
+        f"accuracy {metrics['accuracy']:.4f}   spikes/sample {metrics['spikes_per_sample']:.0f}   "
+        f"firing rate {metrics['firing_rate']:.4f}"
+    )
+
+
+def evaluate_run(args: argparse.Namespace) -> int:
+    from spikecompress.data import DataConfig, load_data
+    from spikecompress.models import from_spec
+    from spikecompress.train import evaluate, load_checkpoint, set_threads
+
+    set_threads(args.threads)
+    tensors, meta = load_checkpoint(args.run)
+    model = from_spec(meta["model"])
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    data = load_data(DataConfig(**meta["data"]))
+    metrics = evaluate(model.to(args.device), data.test, args.device)
+    _report(metrics, title=f"{meta['model']['name']} from {args.run}")
+    return 0
+
+
+def list_all(args: argparse.Namespace) -> int:
+    from spikecompress.data import DATASETS
+    from spikecompress.models import MODELS
+    from spikecompress.snn import ENCODERS, NEURONS, SURROGATES
+
+    console = Console()
+    for title, table in [
+        ("models", MODELS),
+        ("datasets", DATASETS),
+        ("neurons", NEURONS),
+        ("surrogates", SURROGATES),
+        ("encodings", ENCODERS),
+    ]:
+        t = Table(title=title)
+        t.add_column("name")
+        t.add_column("implemented by")
+        for name, obj in table.items():
+            t.add_row(name, f"{obj.__module__}.{obj.__qualname__}")
+        console.print(t)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    ns = argparse.Namespace(
+        model="conv_net",
+        widths=[16, 32, 64],
+        neuron="lif",
+        ann=False,
+        epochs=args.epochs,
+        lr=1e-3,
+        optimizer="adam",
+        loss="ce",
+        seed=0,
+        threads=args.threads,
+        device="cpu",
+        amp=False,
+        checkpoint_every=0,
+        quiet=False,
+        data="digits",
+        T=4,
+        batch_size=64,
+        encoding="direct",
+        root=None,
+        limit=None,
+        out=args.out,
+    )
+    return train(ns)
+
+
+COMMANDS = {"train": train, "eval": evaluate_run, "list": list_all, "demo": demo}

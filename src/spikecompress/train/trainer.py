@@ -1,0 +1,166 @@
+"""The Trainer: the CLI's one BPTT loop. Nothing method-specific lives here.
+
+It trains a model on ``Data`` loaders with a ``TrainConfig``, evaluates after every epoch, shows a
+rich progress bar, and checkpoints atomically into ``out_dir`` so a killed run resumes and ends with
+the same weights as an uninterrupted one. A compression session (anything with ``loss(x_seq,
+out_seq)`` and ``after_step(progress)``) rides along through its hooks. Distributed-ready: the data
+shard and seed come from ``rank``/``world_size``, and only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from spikecompress.snn.layers import reset_state
+from spikecompress.train import checkpoint as ckpt
+from spikecompress.train.config import TrainConfig
+from spikecompress.train.loop import autocast, cosine_lr, evaluate, make_optimizer, task_loss
+from spikecompress.train.progress import Progress
+from spikecompress.train.seeding import rng_state, seed_everything, set_rng_state
+
+
+class SessionLike(Protocol):
+    def loss(self, x_seq: torch.Tensor, out_seq: torch.Tensor) -> torch.Tensor | float: ...
+
+    def after_step(self, progress: float) -> None: ...
+
+
+class Trainer:
+    """Train ``model`` on ``data`` (``spikecompress.data.Data``) following ``cfg``.
+
+    ``meta`` is stored in every checkpoint (the model spec and data config, so ``eval`` can rebuild
+    both). ``out_dir=None`` trains without checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        session: SessionLike | None = None,
+        meta: dict | None = None,
+        rank: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        self.cfg, self.data, self.session, self.rank = cfg, data, session, rank
+        self.device = torch.device(cfg.device)
+        self.model = model.to(self.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.meta = dict(meta or {})
+        self.opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device.type == "cuda")
+        self.steps_per_epoch = len(data.train)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.step, self.history = 0, []
+        self.progress = Progress(enabled=verbose and rank == 0)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        opt_tensors, opt_meta = ckpt.optimizer_to_flat(self.opt)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(opt_tensors)
+        tensors.update(rng_state())
+        meta = {
+            **self.meta,
+            "epoch": self.step // self.steps_per_epoch if self.steps_per_epoch else 0,
+            "step": self.step,
+            "train": self.cfg.to_dict(),
+            "history": self.history,
+            "optimizer": opt_meta,
+            "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+        }
+        ckpt.save_checkpoint(self.out_dir, tensors, meta)
+
+    def _resume(self) -> bool:
+        if self.out_dir is None or not (self.out_dir / ckpt.POINTER).exists():
+            return False
+        tensors, meta = ckpt.load_checkpoint(self.out_dir)
+        model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_sd)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            msg = f"checkpoint in {self.out_dir} does not fit the model: {first}"
+            raise ckpt.CheckpointError(msg) from None
+        self.opt.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
+        set_rng_state(tensors)
+        if meta.get("grad_scale") and self.scaler.is_enabled():
+            self.scaler.update(meta["grad_scale"])
+        self.step, self.history = meta["step"], meta["history"]
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _train_step(self, x_seq: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        for g in self.opt.param_groups:
+            g["lr"] = self._lr()
+        with autocast(self.device, self.cfg.amp):
+            out_seq = self.model(x_seq)  # [T, B, classes]
+            loss = task_loss(out_seq, y, self.cfg.loss)
+            if self.session is not None:
+                loss = loss + self.session.loss(x_seq, out_seq)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step += 1
+        if self.session is not None:
+            self.session.after_step(progress=self.step / max(self.total_steps, 1))
+        reset_state(self.model)
+        acc = (out_seq.detach().float().mean(0).argmax(1) == y).float().mean().item()
+        return loss.item(), acc
+
+    def _lr(self) -> float:
+        if self.cfg.schedule == "constant":
+            return self.cfg.lr
+        return cosine_lr(self.cfg.lr, self.step, self.total_steps)
+
+    def _run_epoch(self, epoch: int) -> dict:
+        loader = self.data.train
+        loader.set_epoch(epoch)
+        skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
+        self.model.train()
+        loss_sum = acc_sum = 0.0
+        n = 0
+        for i, (x_seq, y) in enumerate(loader):
+            if i < skip:
+                continue  # iterating (not slicing) replays the loader's RNG exactly
+            loss, acc = self._train_step(x_seq.to(self.device), y.to(self.device))
+            loss_sum, acc_sum, n = loss_sum + loss, acc_sum + acc, n + 1
+            self.progress.advance(loss=loss, acc=acc)
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self._save()
+        return {"train_loss": loss_sum / max(n, 1), "train_accuracy": acc_sum / max(n, 1)}
+
+    def fit(self, resume: bool = True) -> dict:
+        """Train (resuming from ``out_dir`` when it holds a checkpoint); returns final metrics."""
+        seed_everything(self.cfg.seed, self.rank)
+        resumed = resume and self._resume()
+        start = time.perf_counter()
+        first_epoch = self.step // self.steps_per_epoch if self.steps_per_epoch else 0
+        with self.progress.run(self.cfg.epochs, self.steps_per_epoch, self.step):
+            for epoch in range(first_epoch, self.cfg.epochs):
+                train_stats = self._run_epoch(epoch)
+                test = evaluate(self.model, self.data.test, self.device, self.cfg.amp)
+                row = {"epoch": epoch + 1, **train_stats, "test_accuracy": test["accuracy"]}
+                row["firing_rate"] = test["firing_rate"]
+                self.history.append(row)
+                self.progress.epoch_done(row)
+                self._save()
+        final = evaluate(self.model, self.data.test, self.device, self.cfg.amp)
+        accs = [r["test_accuracy"] for r in self.history]
+        final.update(
+            epochs=self.cfg.epochs,
+            best_accuracy=max(accs, default=final["accuracy"]),
+            wall_s=time.perf_counter() - start,
+            resumed=resumed,
+            history=self.history,
+        )
+        return final
