@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -15,14 +16,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, C
 
 def model_spec_for(name: str, data, widths, neuron: str, spiking: bool) -> dict:
     """The model spec that fits a dataset: input channels, size and classes come from the data."""
-    spec = {
-        "name": name,
-        "in_channels": data.input_shape[0],
-        "input_size": data.input_shape[-1],
-        "classes": data.classes,
-        "spiking": spiking,
-        "neuron": neuron,
-    }
+    spec = {"name": name, "classes": data.classes, "spiking": spiking, "neuron": neuron}
+    if name == "mlp":
+        spec["in_features"] = math.prod(data.input_shape)
+    else:
+        spec["in_channels"] = data.input_shape[0]
+        spec["input_size"] = data.input_shape[-1]
     if widths is not None:
         spec["widths"] = list(widths)
     return spec
@@ -132,7 +131,7 @@ def demo(args: argparse.Namespace) -> int:
         neuron="lif",
         ann=False,
         epochs=args.epochs,
-        lr=1e-3,
+        lr=5e-3,
         optimizer="adam",
         loss="ce",
         seed=0,

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from spikecompress import snn
-from spikecompress.train import CheckpointError, Trainer, TrainConfig, task_loss
+from spikecompress.train import CheckpointError, TrainConfig, Trainer, task_loss
 from spikecompress.train import checkpoint as ckpt
 
 
@@ -23,7 +23,8 @@ class _Loader:
 
     def __iter__(self):
         g = torch.Generator().manual_seed(100 + self.epoch)
-        idx = torch.randperm(len(self.y), generator=g) if self.shuffle else torch.arange(len(self.y))
+        n = len(self.y)
+        idx = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         for i in range(0, len(idx), self.bs):
             b = idx[i : i + self.bs]
             x = self.x[b]
@@ -79,7 +80,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, crash_at, every):
 
     model = _model()
     with pytest.raises(KeyboardInterrupt):
-        Trainer(model, _Data(), cfg, tmp_path / "run", session=_Crash(crash_at), verbose=False).fit()
+        crash = _Crash(crash_at)
+        Trainer(model, _Data(), cfg, tmp_path / "run", session=crash, verbose=False).fit()
     resumed = _model()  # a fresh process: fresh weights, fresh RNG
     torch.manual_seed(12345)
     metrics = Trainer(resumed, _Data(), cfg, out_dir=tmp_path / "run", verbose=False).fit()

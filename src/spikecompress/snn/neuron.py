@@ -51,8 +51,10 @@ def _run(module: nn.Module, x_seq: torch.Tensor, k, a) -> torch.Tensor:
     k, a = _per_channel(k, x0), _per_channel(a, x0)
     v0 = module.v
     if v0 is None or v0.shape != x0.shape:
-        v0 = torch.full_like(x0, module.reset.v_c)
-    s_seq, v_last, h_seq = dynamics.multistep(x_seq, v0, k, a, v_th, module.reset, module.surrogate)
+        v0 = x0.new_full((), module.reset.v_c).expand_as(x0)  # no [B, ...] allocation
+    s_seq, v_last, h_seq = dynamics.multistep(
+        x_seq, v0, k, a, v_th, module.reset, module.surrogate, need_h=module.record_v
+    )
     module.v = v_last.detach()
     if module.record_v:
         module.h_seq = h_seq.detach()

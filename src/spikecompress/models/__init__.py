@@ -1,0 +1,70 @@
+"""Model builders: spiking MLP, small CNN, 1-D CNN, VGG, Spiking ResNet and SEW-ResNet.
+
+Every builder takes explicit widths (a pruned width list rebuilds the smaller model), is T-agnostic
+(x_seq [T, B, ...] → per-step logits [T, B, classes]), and has ``spiking=False`` for the ANN twin.
+A built model carries ``model.spec``, a JSON-serialisable dict (``"name"`` plus every builder
+argument, resolved), and ``from_spec(model.spec)`` rebuilds it.
+
+    model = build("conv_net", in_channels=1, input_size=8, classes=10, widths=[16, 32, 64])
+    twin = from_spec({**model.spec, "spiking": False})
+
+Neurons: ``neuron`` is "lif", "if" or "plif"; ``neuron_params`` a flat dict of that neuron's
+arguments (lif: tau, v_threshold, v_reset (null = soft reset), decay_input, detach_reset; if: no
+tau or decay_input; plif: init_tau instead of tau), "surrogate" (a name of ``snn.SURROGATES``) with
+that surrogate's own fields ("alpha"; "width" for rectangular), and "per_channel" (one tau /
+v_threshold / PLIF decay per channel). Omitted keys take defaults; the spec records all of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from spikecompress.models.common import Network
+from spikecompress.models.conv1d_net import conv1d_net
+from spikecompress.models.conv_net import conv_net
+from spikecompress.models.mlp import mlp
+from spikecompress.models.resnet import resnet, sew_resnet
+from spikecompress.models.vgg import VGG_WIDTHS, vgg
+
+MODELS = {
+    "mlp": mlp,
+    "conv_net": conv_net,
+    "conv1d_net": conv1d_net,
+    "vgg": vgg,
+    "resnet": resnet,
+    "sew_resnet": sew_resnet,
+}
+
+
+def build(name: str, **spec) -> nn.Module:
+    """Build the model ``MODELS[name]`` from its keyword arguments.
+
+    Unknown names, unknown or missing keys and bad values raise a one-line ``ValueError`` that
+    names them. The model's ``spec`` records every argument, defaults resolved.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model name {name!r} (known: {sorted(MODELS)})")
+    params = inspect.signature(MODELS[name]).parameters
+    for key in spec:
+        if key not in params:
+            raise ValueError(f"{key!r} is not a spec key of model {name!r} (known: {list(params)})")
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in spec]
+    if missing:
+        raise ValueError(f"model {name!r} needs spec keys {missing}")
+    return MODELS[name](**spec)
+
+
+def from_spec(spec: dict) -> nn.Module:
+    """Rebuild a model from ``model.spec`` (or any dict with ``"name"`` and builder arguments)."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"a model spec must be a dict with a 'name' key, got {spec!r}")
+    rest = {k: v for k, v in spec.items() if k != "name"}
+    return build(spec["name"], **rest)
+
+
+__all__ = [
+    "MODELS", "VGG_WIDTHS", "Network", "build", "conv1d_net", "conv_net", "from_spec", "mlp",
+    "resnet", "sew_resnet", "vgg",
+]
