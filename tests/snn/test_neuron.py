@@ -67,9 +67,10 @@ CONFIGS = [
 
 @pytest.mark.parametrize("kwargs", CONFIGS)
 @pytest.mark.parametrize("surrogate", [ATan(), Sigmoid(), Triangle(), Rectangular()])
-def test_multistep_equals_step_loop_forward_and_gradients(kwargs, surrogate):
+@pytest.mark.parametrize("record_v", [False, True])  # the kernel stores H only when recording
+def test_multistep_equals_step_loop_forward_and_gradients(kwargs, surrogate, record_v):
     """The fused BPTT kernel gives the same spikes and gradients as plain autograd step by step."""
-    lif = LIF(surrogate=surrogate, **kwargs).double()
+    lif = LIF(surrogate=surrogate, record_v=record_v, **kwargs).double()
     lif.v_threshold.requires_grad_(True)
     lif.tau.requires_grad_(True)
     x = (torch.randn(6, 2, 3, 4, dtype=torch.float64) * 1.5).requires_grad_(True)
