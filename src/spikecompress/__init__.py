@@ -1,7 +1,16 @@
-"""spikecompress: compression for deep spiking neural networks, measured honestly."""
+"""spikecompress: compression for deep spiking neural networks, measured honestly.
 
-from spikecompress.snn import IF, LIF, PLIF, reset_state
+The public API, re-exported explicitly; optional dependencies are imported only where used.
+"""
+
+from spikecompress.data import Data, DataConfig, load_data
+from spikecompress.models import MODELS, build, from_spec
+from spikecompress.snn import IF, LIF, PLIF, encode, reset_state
+from spikecompress.train import Trainer, TrainConfig, evaluate
 
 __version__ = "0.1.0"
 
-__all__ = ["IF", "LIF", "PLIF", "__version__", "reset_state"]
+__all__ = [
+    "IF", "LIF", "MODELS", "PLIF", "Data", "DataConfig", "TrainConfig", "Trainer", "__version__",
+    "build", "encode", "evaluate", "from_spec", "load_data", "reset_state",
+]
