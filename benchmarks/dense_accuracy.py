@@ -24,7 +24,7 @@ from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threa
 RUNS = {
     "digits": (dict(name="digits", T=4, batch_size=64), "conv_net", [16, 32, 64], 40, 5e-3, 0.99,
                "99.4-99.7"),
-    "mnist1d": (dict(name="mnist1d", T=4, batch_size=64), "conv1d_net", [64, 64, 64], 60, 5e-3,
+    "mnist1d": (dict(name="mnist1d", T=4, batch_size=64), "conv1d_net", [64, 64, 64], 60, 2e-3,
                 0.965, "97.2"),
     "event_digits": (dict(name="event_digits", T=4, batch_size=64), "conv_net", [16, 32, 64], 30,
                      5e-3, 0.975, "98.1"),
