@@ -6,7 +6,7 @@ The public API, re-exported explicitly; optional dependencies are imported only 
 from spikecompress.data import Data, DataConfig, load_data
 from spikecompress.models import MODELS, build, from_spec
 from spikecompress.snn import IF, LIF, PLIF, encode, reset_state
-from spikecompress.train import Trainer, TrainConfig, evaluate
+from spikecompress.train import TrainConfig, Trainer, evaluate
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spikecompress.snn.surrogate import ATan, Surrogate
+from spikecompress.snn.surrogate import Surrogate
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,8 @@ class MultiStepNeuron(torch.autograd.Function):
     per slice, bit for bit). The backward recomputes the spikes and the surrogate derivative from
     H. On CPU both loops run per slice of the batch (all T steps of one slice, then the next) in
     preallocated buffers; a scalar decay k is applied lazily (``dL/dV[t-1] = k · dL/dH[t]`` is
-    folded into the ops that use it). The gradient of the returned H is supported.
+    folded into the ops that use it). The gradient of the returned H is supported. The backward's
+    steps are the helpers of ``_Backward``; the surrogate term is ``Surrogate.grad_kernel``.
     """
 
     @staticmethod
@@ -191,143 +192,164 @@ class MultiStepNeuron(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_s_seq, g_v_last, g_h_seq):
-        h_seq, v0, k, a, v_th, x_seq = ctx.saved_tensors
-        reset, sg = ctx.reset, ctx.surrogate
-        vc, vr = reset.v_c, reset.v_reset
-        soft = vr is None
-        need_x, need_v0, need_k, need_a, need_th = ctx.needs_input_grad[:5]
-        recompute = h_seq is None  # forward ran with need_h=False: recompute H and S per slice
-        ref = x_seq if recompute else h_seq
-        T = ref.shape[0]
-        chunks = _chunks(ref)
+        bp = _Backward(ctx)  # buffers for the largest slice, reused by every slice
+        for sl in bp.chunks:
+            bp.run_slice(sl, g_s_seq, g_v_last, g_h_seq)
+        t = bp.totals
+        return bp.g_x_seq, bp.g_v0, t.get("k"), t.get("a"), t.get("th"), None, None, None
 
-        def buf() -> torch.Tensor:
-            return torch.empty_like(ref[0, chunks[0]])
 
-        if recompute:
-            h_rec, s_rec = torch.empty_like(ref[:, chunks[0]]), torch.empty_like(ref[:, chunks[0]])
-            v_rec = buf()
-            ax_rec = None if _is_one(a) else buf()
-        g_x_seq = torch.empty_like(ref) if need_x else None
-        g_v0 = torch.empty_like(ref[0]) if need_v0 else None
-        a_one = need_x and _is_one(a)
-        k_val = _scalar(k)  # scalar decay: dL/dV[t-1] = k_val · g_h, never materialised
-        gv_buf = buf() if k_val is None else None
+class _Backward:
+    """One ``MultiStepNeuron.backward`` call: its constants, slice buffers and per-step helpers.
+
+    Shapes: ``ref`` (H, or x when H was not stored) [T, B, ...]; every buffer is [n, ...] for the
+    largest slice, used as ``buf[:n]``. The gradient of the membrane V[t] is carried lazily as
+    ``kk · gv`` (gv None: zero): with a scalar decay, dL/dV[t-1] = k · dL/dH[t] is never
+    materialised (kk = k); with a tensor decay it is, into gv_buf (kk = 1).
+    """
+
+    def __init__(self, ctx):
+        self.h_seq, self.v0, self.k, self.a, self.v_th, self.x_seq = ctx.saved_tensors
+        self.reset, self.soft, self.vr = ctx.reset, ctx.reset.v_reset is None, ctx.reset.v_reset
+        self.need_x, self.need_v0, self.need_k, self.need_a, self.need_th = ctx.needs_input_grad[:5]
+        # forward ran with need_h=False: recompute H (and S) per slice from x and v0
+        self.ref = ref = self.x_seq if self.h_seq is None else self.h_seq
+        self.chunks = _chunks(ref)
+        self.g_x_seq = torch.empty_like(ref) if self.need_x else None
+        self.g_v0 = torch.empty_like(ref[0]) if self.need_v0 else None
+        self.a_one = self.need_x and _is_one(self.a)  # then dL/dx = dL/dH: g_h written into g_x
+        self.k_val = _scalar(self.k)
+        self.sg_term = ctx.surrogate.grad_kernel(self.v_th, ref)
+        self.params = {"k": self.k, "a": self.a, "th": self.v_th}
+        needs = {"k": self.need_k, "a": self.need_a, "th": self.need_th}
+        self.totals: dict[str, torch.Tensor] = {}
+        self._alloc(needs)
+
+    def _buf(self) -> torch.Tensor:
+        return torch.empty_like(self.ref[0, self.chunks[0]])
+
+    def _alloc(self, needs: dict[str, bool]) -> None:
+        """The slice buffers [n, ...] (and [T, n, ...] for the recomputed H and S)."""
+        buf = self._buf
+        if self.h_seq is None:
+            self.h_rec = torch.empty_like(self.ref[:, self.chunks[0]])
+            self.s_rec = torch.empty_like(self.ref[:, self.chunks[0]])
+            self.v_rec = buf()
+            self.ax_rec = None if _is_one(self.a) else buf()
+        self.gv_buf = buf() if self.k_val is None else None
         # g_h goes straight into g_x when a = 1 (and stays valid as the next step's dL/dV);
         # otherwise into two alternating buffers (the previous g_h must survive one step)
-        gh_bufs = None if a_one else (buf(), buf())
-        g_buf, d_buf = buf(), buf()  # total spike gradient → surrogate term; derivative
-        ns_buf = None if soft else buf()  # 1 - S as floats
-        vp_buf = buf() if need_k else None
-        atan = type(sg) is ATan
-        if atan:  # (2/α)(1 + u²) with u = c h − c v_th, c = π α / 2: g' = 1 / that
-            c, two_a = math.pi / 2 * sg.alpha, 2 / sg.alpha
-            minus_c_th = v_th * -c
-            two_a_t = torch.full((), two_a, dtype=ref.dtype, device=ref.device)
-        params = {"k": (need_k, k), "a": (need_a, a), "th": (need_th, v_th)}
-        acc = {n: buf() for n, (need, _) in params.items() if need}  # per-slice sums
-        totals: dict[str, torch.Tensor] = {}
-        for sl in chunks:
-            n = ref[0, sl].shape[0]
-            if recompute:
-                hr, sr = h_rec[:, :n], s_rec[:, :n]
-                ax = None if ax_rec is None else ax_rec[:n]
-                _charge_fire(x_seq[:, sl], v0[sl], hr, sr, v_rec[:n], ax, k, a, v_th, reset)
-                hs = hr.unbind(0)
+        self.gh_bufs = None if self.a_one else (buf(), buf())
+        self.g_buf, self.d_buf = buf(), buf()  # total spike gradient → surrogate term; scratch
+        self.ns_buf = None if self.soft else buf()  # 1 - S as floats
+        self.vp_buf = buf() if self.need_k else None  # V[t-1] - v_c
+        self.acc = {name: buf() for name, need in needs.items() if need}  # per-slice param sums
+
+    def run_slice(self, sl: slice, g_s_seq, g_v_last, g_h_seq) -> None:
+        """BPTT over all T steps of one batch slice, last step first, into g_x, g_v0 and totals."""
+        n = self.ref[0, sl].shape[0]
+        hs = self._charges(sl, n)
+        for b in self.acc.values():
+            b[:n].zero_()
+        g_ss = None if g_s_seq is None else g_s_seq[:, sl].unbind(0)
+        g_xs = self.g_x_seq[:, sl].unbind(0) if self.need_x else None
+        gv, kk = (None if g_v_last is None else g_v_last[sl]), 1.0  # dL/dV[T-1]
+        for t in range(len(hs) - 1, -1, -1):
+            h = hs[t]
+            g_st = self._spike_grad(None if g_ss is None else g_ss[t], gv, kk, h, n)
+            gsd = None if g_st is None else self.sg_term(g_st, h, self.g_buf[:n], self.d_buf[:n])
+            g_h = g_xs[t] if self.a_one else self.gh_bufs[t % 2][:n]
+            self._charge_grad(g_h, gsd, gv, kk, h, n)
+            if g_h_seq is not None:  # H[t] is also an output
+                g_h.add_(g_h_seq[t, sl])
+            self._param_grads(t, sl, n, hs, g_h, gsd, gv, kk)
+            if self.need_x and not self.a_one:
+                torch.mul(g_h, self.a, out=g_xs[t])
+            if self.k_val is None:  # dL/dV[t-1] = k · g_h
+                gv, kk = torch.mul(g_h, self.k, out=self.gv_buf[:n]), 1.0
             else:
-                hs = h_seq[:, sl].unbind(0)
-            for b in acc.values():
-                b[:n].zero_()
-            g_ss = None if g_s_seq is None else g_s_seq[:, sl].unbind(0)
-            g_xs = g_x_seq[:, sl].unbind(0) if need_x else None
-            # dL/dV[t] = kk · gvt (gvt None: zero)
-            gvt, kk = (None, 1.0) if g_v_last is None else (g_v_last[sl], 1.0)
-            for t in range(T - 1, -1, -1):
+                gv, kk = g_h, self.k_val
+        if self.need_v0:
+            torch.mul(gv, kk, out=self.g_v0[sl])
+        for name, b in self.acc.items():
+            part = _reduce_to(b[:n], self.params[name])
+            tot = self.totals.get(name)
+            self.totals[name] = part.clone() if tot is None else tot.add_(part)
+
+    def _charges(self, sl: slice, n: int) -> tuple[torch.Tensor, ...]:
+        """H of one slice as T views [n, ...]: stored, or recomputed bit for bit from x and v0."""
+        if self.h_seq is not None:
+            return self.h_seq[:, sl].unbind(0)
+        hr, sr = self.h_rec[:, :n], self.s_rec[:, :n]
+        ax = None if self.ax_rec is None else self.ax_rec[:n]
+        x, v0 = self.x_seq[:, sl], self.v0[sl]
+        _charge_fire(x, v0, hr, sr, self.v_rec[:n], ax, self.k, self.a, self.v_th, self.reset)
+        return hr.unbind(0)
+
+    def _spike_grad(self, g_s, gv, kk, h, n) -> torch.Tensor | None:
+        """Total dL/dS[t] [n, ...]: the direct g_s plus the path through the (non-detached) reset.
+
+        dV[t]/dS[t] = −v_th (soft) or v_reset − h (hard). Written into g_buf; None means zero.
+        """
+        if gv is None or self.reset.detach:
+            return g_s
+        g_st = self.g_buf[:n]
+        dvds = self.v_th if self.soft else h  # the −h part; + v_reset below
+        if g_s is None:
+            torch.mul(gv, dvds, out=g_st).mul_(-kk)
+        else:
+            torch.addcmul(g_s, gv, dvds, value=-kk, out=g_st)
+        if not self.soft and self.vr != 0:
+            g_st.add_(gv, alpha=kk * self.vr)
+        return g_st
+
+    def _charge_grad(self, g_h, gsd, gv, kk, h, n) -> None:
+        """dL/dH[t] into g_h: dV/dH · dL/dV[t] + the surrogate term gsd (None: zero).
+
+        dV/dH = 1 (soft) or 1 − S (hard, as floats: h < v_th), so no bool mask is needed.
+        """
+        if gv is None:
+            if gsd is None:
+                g_h.zero_()
+            else:
+                g_h.copy_(gsd)
+        elif self.soft:
+            if gsd is None:
+                torch.mul(gv, kk, out=g_h)
+            else:
+                torch.add(gsd, gv, alpha=kk, out=g_h)
+        else:
+            not_s = torch.lt(h, self.v_th, out=self.ns_buf[:n])
+            if gsd is None:
+                torch.mul(gv, not_s, out=g_h).mul_(kk)
+            else:
+                torch.addcmul(gsd, gv, not_s, value=kk, out=g_h)
+
+    def _param_grads(self, t, sl, n, hs, g_h, gsd, gv, kk) -> None:
+        """Add step t's contributions to the per-slice sums of dL/dv_th, dL/dk, dL/da [n, ...]."""
+        if self.need_th:  # dS/dv_th = -g', and for soft reset dV/dv_th = -S
+            th = self.acc["th"][:n]
+            if gsd is not None:
+                th.sub_(gsd)
+            if self.soft and gv is not None:
                 h = hs[t]
-                g_s = None if g_ss is None else g_ss[t]
-                # total gradient of the spike: direct + through the (non-detached) reset
-                if gvt is None or reset.detach:
-                    g_st = g_s
-                else:
-                    g_st = g_buf[:n]
-                    dvds = v_th if soft else h  # dV/dS = -v_th (soft), v_reset - h (hard)
-                    if g_s is None:
-                        torch.mul(gvt, dvds, out=g_st).mul_(-kk)
-                    else:
-                        torch.addcmul(g_s, gvt, dvds, value=-kk, out=g_st)
-                    if not soft and vr != 0:
-                        g_st.add_(gvt, alpha=kk * vr)
-                # surrogate term gsd = g_st · g'(h - v_th)
-                gsd = None
-                if g_st is not None:
-                    gsd = g_buf[:n]
-                    if atan:
-                        den = torch.add(minus_c_th, h, alpha=c, out=d_buf[:n])
-                        torch.addcmul(two_a_t, den, den, value=two_a, out=den)
-                        torch.div(g_st, den, out=gsd)
-                    else:
-                        torch.mul(g_st, sg.derivative(h - v_th), out=gsd)
-                # g_h = dV/dH · dL/dV + gsd (+ a direct gradient of H); dV/dH = 1 - S (hard)
-                if a_one:
-                    g_h = g_xs[t]
-                elif gh_bufs is not None:
-                    g_h = gh_bufs[t % 2][:n]
-                if gvt is None:
-                    if gsd is None:
-                        g_h.zero_()
-                    else:
-                        g_h.copy_(gsd)
-                elif soft:
-                    if gsd is None:
-                        torch.mul(gvt, kk, out=g_h)
-                    else:
-                        torch.add(gsd, gvt, alpha=kk, out=g_h)
-                else:
-                    not_s = torch.lt(h, v_th, out=ns_buf[:n])
-                    if gsd is None:
-                        torch.mul(gvt, not_s, out=g_h).mul_(kk)
-                    else:
-                        torch.addcmul(gsd, gvt, not_s, value=kk, out=g_h)
-                if g_h_seq is not None:
-                    g_h.add_(g_h_seq[t, sl])
-                if need_th:  # dS/dv_th = -g', and for soft reset dV/dv_th = -S
-                    if gsd is not None:
-                        acc["th"][:n].sub_(gsd)
-                    if soft and gvt is not None:
-                        acc["th"][:n].sub_(gvt * (h >= v_th).to(h.dtype), alpha=kk)
-                if need_k:  # dH/dk = V[t-1] - vc, V[t-1] rebuilt from H[t-1] in vp_buf
-                    if t == 0:
-                        v_prev = v0[sl] - vc if vc != 0 else v0[sl]
-                    else:
-                        h_p, v_prev = hs[t - 1], vp_buf[:n]
-                        s_p = torch.ge(h_p, v_th, out=d_buf[:n])
-                        torch.addcmul(h_p, v_th if soft else h_p, s_p, value=-1, out=v_prev)
-                        if not soft and vr != 0:  # + v_reset S - vc, with vc = v_reset
-                            v_prev.add_(s_p, alpha=vr).sub_(vr)
-                    acc["k"][:n].addcmul_(g_h, v_prev)
-                if need_a:
-                    acc["a"][:n].addcmul_(g_h, x_seq[t, sl])
-                if need_x and not a_one:
-                    torch.mul(g_h, a, out=g_xs[t])
-                if k_val is None:  # materialise dL/dV[t-1] = k · g_h
-                    gvt, kk = torch.mul(g_h, k, out=gv_buf[:n]), 1.0
-                else:
-                    gvt, kk = g_h, k_val
-            if need_v0:
-                torch.mul(gvt, kk, out=g_v0[sl])
-            for name, b in acc.items():
-                part = _reduce_to(b[:n], params[name][1])
-                totals[name] = part.clone() if name not in totals else totals[name].add_(part)
-        return (
-            g_x_seq,
-            g_v0,
-            totals.get("k"),
-            totals.get("a"),
-            totals.get("th"),
-            None,
-            None,
-            None,
-        )
+                th.sub_(gv * (h >= self.v_th).to(h.dtype), alpha=kk)
+        if self.need_k:  # dH[t]/dk = V[t-1] - v_c
+            self.acc["k"][:n].addcmul_(g_h, self._prev_membrane(t, sl, n, hs))
+        if self.need_a:  # dH[t]/da = x[t]
+            self.acc["a"][:n].addcmul_(g_h, self.x_seq[t, sl])
+
+    def _prev_membrane(self, t, sl, n, hs) -> torch.Tensor:
+        """V[t-1] − v_c [n, ...]: v0 at t = 0, else rebuilt from H[t-1] into vp_buf."""
+        vc, vr = self.reset.v_c, self.vr
+        if t == 0:
+            return self.v0[sl] - vc if vc != 0 else self.v0[sl]
+        h_p, v_prev = hs[t - 1], self.vp_buf[:n]
+        s_p = torch.ge(h_p, self.v_th, out=self.d_buf[:n])
+        torch.addcmul(h_p, self.v_th if self.soft else h_p, s_p, value=-1, out=v_prev)
+        if not self.soft and vr != 0:  # + v_reset S - v_c, with v_c = v_reset
+            v_prev.add_(s_p, alpha=vr).sub_(vr)
+        return v_prev
 
 
 def multistep(

@@ -2,13 +2,15 @@
 
 Every surrogate is a small frozen dataclass with ``derivative(x)`` (the pseudo-derivative g'(x) at
 ``x = H - V_th``) and ``__call__(x)``, which applies the autograd Function ``SpikeFunction`` whose
-backward multiplies the incoming gradient by ``derivative(x)``. The fused neuron kernels call
-``derivative`` directly. Each pseudo-derivative integrates to 1 over the real line.
+backward multiplies the incoming gradient by ``derivative(x)``. The fused neuron kernels use
+``grad_kernel`` instead, which a surrogate may override with an allocation-free formula (ATan
+does). Each pseudo-derivative integrates to 1 over the real line.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,10 @@ class SpikeFunction(torch.autograd.Function):
         return grad_spike * ctx.surrogate.derivative(x), None
 
 
+# grad_kernel's product: (g, h, out, scratch) -> out = g · g'(h − v_th); all [n, ...]
+GradKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class Surrogate:
     """Shared call protocol: ``surrogate(x)`` spikes with the surrogate's backward."""
 
@@ -37,6 +43,18 @@ class Surrogate:
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def grad_kernel(self, v_th: torch.Tensor, like: torch.Tensor) -> GradKernel:
+        """``f(g, h, out, scratch)`` writing out = g · g'(h − v_th), built once per fused backward.
+
+        ``out`` may alias ``g``; ``scratch`` is a free buffer shaped like ``h``; ``like`` gives the
+        dtype and device. The default evaluates ``derivative`` (allocating its temporaries).
+        """
+
+        def kernel(g, h, out, scratch):
+            return torch.mul(g, self.derivative(h - v_th), out=out)
+
+        return kernel
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,20 @@ class ATan(Surrogate):
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * x).square())
+
+    def grad_kernel(self, v_th: torch.Tensor, like: torch.Tensor) -> GradKernel:
+        # g' = 1 / den, den = (2/α)(1 + u²), u = c·h − c·v_th, c = πα/2: three ops into scratch
+        # and out, no temporaries (the constants are built here, once per backward)
+        c, two_a = math.pi / 2 * self.alpha, 2 / self.alpha
+        minus_c_th = v_th * -c
+        two_a_t = torch.full((), two_a, dtype=like.dtype, device=like.device)
+
+        def kernel(g, h, out, scratch):
+            den = torch.add(minus_c_th, h, alpha=c, out=scratch)
+            torch.addcmul(two_a_t, den, den, value=two_a, out=den)
+            return torch.div(g, den, out=out)
+
+        return kernel
 
 
 @dataclass(frozen=True)
