@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from spikecompress.cli import main
 
@@ -31,6 +32,11 @@ def test_train_writes_checkpoint_and_metrics_then_eval(tmp_path, capsys):
         (["train"], "--out"),
         (["eval", "does/not/exist"], "does/not/exist/checkpoint.json"),
         (["frobnicate"], "invalid choice"),
+        pytest.param(
+            ["train", "--device", "cuda", "--out", "x"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch"),
+        ),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):

@@ -50,6 +50,8 @@ class Trainer:
     ) -> None:
         self.cfg, self.data, self.session, self.rank = cfg, data, session, rank
         self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {cfg.device!r} requested but CUDA is not available here")
         self.model = model.to(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
