@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from spikecompress.atomic import atomic_writer
 
 CACHE_ENV = "SPIKECOMPRESS_CACHE"
 
@@ -51,16 +52,8 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray], compress: bool = 
     """Write ``arrays`` to ``path`` as .npz through a temporary file in the same folder and
     ``os.replace``, so a reader never sees a half-written cache file, even with concurrent
     writers."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
 
 
 def load_npz_cache(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
