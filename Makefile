@@ -10,15 +10,23 @@ THREADS ?= 2
 	$(PY) -m pip install -q -e '.[dev,plots]'
 	touch .venv/ready
 
+# Reference implementations the counter is cross-checked against (tests/measure/test_oracles.py).
+# --no-deps: their declared dependencies would pull ~30 heavy packages (tonic, torchaudio, ...);
+# torch stays pinned in the second line so pip never swaps it.
+.venv/oracles: .venv/ready
+	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 neurobench==2.3.0 snntorch==1.0.0
+	$(PY) -m pip install -q torch==2.13.0 'loguru>=0.7,<1' tqdm
+	touch .venv/oracles
+
 .PHONY: demo test test-all lint bench
 demo: .venv/ready
 	$(PY) -m spikecompress demo --threads $(THREADS)
 
-test: .venv/ready
+test: .venv/oracles
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	SPIKECOMPRESS_REQUIRE_ORACLES=1 $(PY) -m pytest -q
 
-test-all: .venv/ready
+test-all: .venv/oracles
 	$(PY) -m pytest -q -m ''
 
 bench: .venv/ready

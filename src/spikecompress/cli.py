@@ -1,4 +1,4 @@
-"""Command line: ``spikecompress train | eval | list | demo``.
+"""Command line: ``spikecompress train | eval | measure | report | list | demo``.
 
 Errors a user can cause (bad argument, unknown model or dataset, missing file, corrupt checkpoint)
 print one line ``spikecompress: error: ...`` and exit with code 2.
@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by `train`")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("measure", help="measure a run or artifact: accuracy, SOPs, energy, bytes")
+    p.add_argument("path", help="run directory (from `train`) or artifact folder")
+    p.add_argument("--data", default=None, help="dataset (default: as recorded)")
+    p.add_argument("--T", type=int, default=None, help="time steps (default: as recorded)")
+    p.add_argument("--profile", default="45nm", help="energy profile, e.g. 45nm-int8")
+    p.add_argument("--out", default=None, help="metrics file (default: <path>/metrics.json)")
+    p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("report", help="compare measured runs: report.md + report.html with plots")
+    p.add_argument("runs", nargs="+", help="directories holding a metrics.json from `measure`")
+    p.add_argument("--out", default="report", help="output folder")
 
     sub.add_parser("list", help="list models, datasets, neurons, encodings")
 

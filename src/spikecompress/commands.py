@@ -9,7 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from spikecompress.train.checkpoint import CheckpointError, atomic_save_tensors, atomic_write_json
+from spikecompress.export import save
+from spikecompress.train.checkpoint import CheckpointError, atomic_write_json
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, CheckpointError)
 
@@ -59,7 +60,7 @@ def train(args: argparse.Namespace) -> int:
     trainer = Trainer(model, data, cfg, out_dir=args.out, meta=meta, verbose=not args.quiet)
     metrics = trainer.fit()
     out = Path(args.out)
-    atomic_save_tensors(out / "model.safetensors", model.state_dict())
+    save(model, out / "artifact", meta={"T": args.T, "data": meta["data"]})
     atomic_write_json(out / "metrics.json", metrics)
     if metrics["resumed"]:
         Console(stderr=True).print(f"resumed from the checkpoint in {out}")
@@ -151,4 +152,82 @@ def demo(args: argparse.Namespace) -> int:
     return train(ns)
 
 
-COMMANDS = {"train": train, "eval": evaluate_run, "list": list_all, "demo": demo}
+def _model_and_data_config(path: Path, data_name: str | None, T: int | None):
+    """The model and data config of a run directory (checkpoint) or an artifact folder."""
+    from spikecompress.export import load, read_spec
+    from spikecompress.models import from_spec
+    from spikecompress.train import load_checkpoint
+
+    if (path / "checkpoint.json").exists():
+        tensors, meta = load_checkpoint(path)
+        model = from_spec(meta["model"])
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        data = dict(meta["data"])
+    elif (path / "spec.json").exists():
+        model, data = load(path), dict(read_spec(path)["meta"].get("data") or {})
+    else:
+        raise FileNotFoundError(
+            f"{path} holds neither checkpoint.json (a run) nor spec.json (an artifact)"
+        )
+    if data_name is not None and data_name != data.get("name"):
+        data = {"name": data_name}
+    if not data.get("name"):
+        raise ValueError(f"no data recorded in {path}: pass --data")
+    if T is not None:
+        data["T"] = T
+    return model, data
+
+
+def measure_run(args: argparse.Namespace) -> int:
+    from spikecompress.data import DataConfig, load_data
+    from spikecompress.measure.metrics import measure
+    from spikecompress.train import set_threads
+
+    set_threads(args.threads)
+    path = Path(args.path)
+    model, data_cfg = _model_and_data_config(path, args.data, args.T)
+    data = load_data(DataConfig(**data_cfg))
+    artifact = path if (path / "spec.json").exists() else path / "artifact"
+    if not (artifact / "spec.json").exists():  # a run killed before its end has no artifact yet
+        artifact = None
+    metrics = measure(model, data, profile=args.profile, artifact=artifact).to_dict()
+    metrics["data"] = data_cfg
+    out = Path(args.out) if args.out else path / "metrics.json"
+    atomic_write_json(out, metrics)
+    from spikecompress.report import print_metrics
+
+    print_metrics(metrics, title=f"{path} on {data_cfg['name']}")
+    return 0
+
+
+def report_runs(args: argparse.Namespace) -> int:
+    import json
+
+    from spikecompress.report import write_report
+
+    runs = {}
+    for run in args.runs:
+        file = Path(run) / "metrics.json"
+        try:
+            m = json.loads(file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f"cannot read {file}: {type(e).__name__}; run `spikecompress measure {run}` first"
+            ) from None
+        if "energy_pj_per_sample" not in m:
+            raise ValueError(f"{file} is not a `spikecompress measure` record")
+        name = Path(run).name or str(run)
+        runs[name if name not in runs else str(run)] = m
+    md, html = write_report(runs, args.out)
+    print(f"wrote {md} and {html}")
+    return 0
+
+
+COMMANDS = {
+    "train": train,
+    "eval": evaluate_run,
+    "list": list_all,
+    "demo": demo,
+    "measure": measure_run,
+    "report": report_runs,
+}

@@ -15,7 +15,7 @@ def test_train_writes_checkpoint_and_metrics_then_eval(tmp_path, capsys):
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.1 < metrics["accuracy"] <= 1 and metrics["spikes_per_sample"] > 0
-    assert (out / "model.safetensors").exists() and (out / "checkpoint.json").exists()
+    assert (out / "artifact" / "spec.json").exists() and (out / "checkpoint.json").exists()
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0
     assert f"accuracy {metrics['accuracy']:.4f}" in capsys.readouterr().out

@@ -39,8 +39,8 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path):
 
     assert _cli(tmp_path / "run", env=env).wait() == 0
     assert ref.wait() == 0
-    a = load_file(tmp_path / "ref" / "model.safetensors")
-    b = load_file(tmp_path / "run" / "model.safetensors")
+    a = load_file(tmp_path / "ref" / "artifact" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "artifact" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -1,0 +1,231 @@
+"""The saved compressed model: a folder with ``model.safetensors`` and ``spec.json``.
+
+``model.safetensors`` holds every state_dict tensor in its smallest exact format (``codec``:
+dense, bitmap-sparse, codebook-packed, sparse codebook, index lists), as plain safetensors
+tensors named ``<key>`` or ``<key>::<piece>``. ``spec.json`` holds the format name and version,
+the library version, the model spec (``model.spec``, rebuilt with ``models.from_spec``), the
+user's ``meta`` (T, exit policies, quantization parameters), the per-tensor storage entries and
+the byte count and sha256 of the tensor file. Loading reads safetensors and JSON only (never
+pickle), checks the tensor file against the recorded sha256 and rebuilds the model bit for bit.
+
+Writes go through ``atomic_writer``, tensor file first and spec.json last (the commit point).
+Everything is encoded in memory before the first write, and a failure while writing spec.json
+puts the previous tensor file back, so a failed save leaves a previous artifact intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from spikecompress.atomic import atomic_writer
+from spikecompress.export import codec
+from spikecompress.models import from_spec
+
+FORMAT = "spikecompress-artifact"
+FORMAT_VERSION = 1
+TENSOR_FILE = "model.safetensors"
+SPEC_FILE = "spec.json"
+
+
+class ArtifactError(ValueError):
+    """A missing, truncated, corrupt, tampered or too-new artifact (one line, naming the file)."""
+
+
+def _one_line(msg: object) -> str:
+    return " ".join(str(msg).split())
+
+
+def encode_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Encode every tensor in its smallest exact format → (safetensors pieces, spec entries)."""
+    pieces: dict[str, torch.Tensor] = {}
+    entries: dict[str, dict] = {}
+    for key, tensor in state.items():
+        p, entries[key] = codec.encode(key, tensor)
+        clash = set(p) & set(pieces)
+        if clash:
+            raise ValueError(f"state_dict key {key!r} clashes with stored tensor {clash.pop()!r}")
+        pieces.update(p)
+    return pieces, entries
+
+
+def _check_meta(meta: dict | None) -> dict:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    t = meta.get("T")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise ValueError(f"meta['T'] must be a positive int, got {t!r}")
+    _spec_bytes(meta)  # fail before the encoding work, not after it
+    return meta
+
+
+def _spec_bytes(doc: dict) -> bytes:
+    try:
+        return (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model spec and meta must be JSON-serialisable: {e}") from None
+
+
+def save(model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
+    """Save ``model`` (built by ``spikecompress.models``, so it has ``.spec``) as an artifact
+    folder at ``path`` (created, or overwritten if it exists); returns ``path``.
+
+    ``meta`` is a JSON-serialisable dict stored in spec.json (``T``, quantization parameters,
+    exit policies). Models without ``.spec`` raise ValueError.
+    """
+    import spikecompress  # the package root imports this floor; read its version lazily
+
+    path = Path(path)
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"cannot save {type(model).__name__} to {path}: it has no .spec (build "
+                         "it with spikecompress.models.build so it can be rebuilt)")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot save artifact to {path}: it exists and is not a folder")
+    meta = _check_meta(meta)
+    pieces, entries = encode_state_dict(model.state_dict())
+    data = st_save(pieces, metadata={"format": FORMAT})
+    doc = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "library_version": spikecompress.__version__, "model": spec, "meta": meta,
+        "tensor_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "tensors": entries,
+    }
+    _write(path, data, _spec_bytes(doc))
+    return path
+
+
+def _write(path: Path, data: bytes, spec_text: bytes) -> None:
+    """Tensor file first, spec.json last; on a failure in between, restore the old tensor file."""
+    tensor_path, spec_path = path / TENSOR_FILE, path / SPEC_FILE
+    old = tensor_path.read_bytes() if tensor_path.is_file() else None
+    with atomic_writer(tensor_path) as f:
+        f.write(data)
+    try:
+        with atomic_writer(spec_path) as f:
+            f.write(spec_text)
+    except BaseException:
+        if old is None:
+            tensor_path.unlink(missing_ok=True)
+        else:
+            with atomic_writer(tensor_path) as f:
+                f.write(old)
+        raise
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"missing artifact file {file}") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read artifact file {file}: {e.strerror}") from None
+
+
+def _check_doc(doc: object, file: Path) -> dict:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ArtifactError(f"{file} is not a {FORMAT} spec (no 'format': {FORMAT!r})")
+    version = doc.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f"corrupt artifact file {file}: bad format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{file} has format version {version}, newer than this library "
+                            f"reads ({FORMAT_VERSION}); upgrade spikecompress")
+    types = {"model": dict, "meta": dict, "tensors": dict, "sha256": str, "tensor_bytes": int}
+    for key, kind in types.items():
+        if not isinstance(doc.get(key), kind):
+            raise ArtifactError(f"corrupt artifact file {file}: '{key}' missing or not a "
+                                f"{kind.__name__}")
+    return doc
+
+
+def read_spec(path: str | Path) -> dict:
+    """The artifact's spec.json as a dict (model spec, meta, tensor entries, versions, sha256),
+    checked for format and version; does not read the tensor file."""
+    file = Path(path) / SPEC_FILE
+    try:
+        doc = json.loads(_read(file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"corrupt artifact file {file}: invalid JSON ({e})") from None
+    return _check_doc(doc, file)
+
+
+def _read_pieces(path: Path, doc: dict) -> dict[str, torch.Tensor]:
+    """The tensor file's tensors, after checking its size and sha256 against spec.json."""
+    file = path / TENSOR_FILE
+    data = _read(file)
+    if len(data) != doc["tensor_bytes"]:
+        raise ArtifactError(f"corrupt artifact file {file}: {len(data)} bytes, {SPEC_FILE} "
+                            f"records {doc['tensor_bytes']} (truncated or replaced)")
+    if hashlib.sha256(data).hexdigest() != doc["sha256"]:
+        raise ArtifactError(f"corrupt artifact file {file}: sha256 does not match {SPEC_FILE} "
+                            "(modified or tampered)")
+    try:
+        return st_load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise ArtifactError(f"corrupt artifact file {file}: {_one_line(e)}") from None
+
+
+def read_state_dict(path: str | Path, doc: dict | None = None) -> dict[str, torch.Tensor]:
+    """The decoded state_dict of the artifact at ``path`` (exact tensors, CPU); ``doc`` is its
+    ``read_spec`` if already read."""
+    path = Path(path)
+    doc = read_spec(path) if doc is None else doc
+    pieces = _read_pieces(path, doc)
+    state = {}
+    for key, entry in doc["tensors"].items():
+        try:
+            state[key] = codec.decode(key, entry if isinstance(entry, dict) else {}, pieces)
+        except ValueError as e:
+            raise ArtifactError(f"corrupt artifact file {path / SPEC_FILE}: does not match "
+                                f"{TENSOR_FILE}: {_one_line(e)}") from None
+    return state
+
+
+def _check_fits(model: nn.Module, state: dict, file: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or extra:
+        raise ArtifactError(f"artifact file {file} does not fit its model: missing tensors "
+                            f"{missing[:5]}, unexpected tensors {extra[:5]}")
+    for key, shape in expected.items():
+        if got[key] != shape:
+            raise ArtifactError(f"artifact file {file} does not fit its model: {key} has shape "
+                                f"{list(got[key])}, the model needs {list(shape)}")
+
+
+def load(path: str | Path) -> nn.Module:
+    """Rebuild the saved model (``from_spec`` + the exact state_dict, dtypes kept) in eval mode;
+    its outputs equal the saved model's bit for bit. ArtifactError for any broken artifact."""
+    path = Path(path)
+    doc = read_spec(path)
+    state = read_state_dict(path, doc)
+    spec_file = path / SPEC_FILE
+    try:
+        model = from_spec(doc["model"])
+    except ValueError as e:
+        raise ArtifactError(f"bad model spec in {spec_file}: {_one_line(e)}") from None
+    _check_fits(model, state, spec_file)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def size_bytes(path: str | Path) -> int:
+    """Bytes on disk of the artifact's files (tensor file + spec.json), from ``os.path.getsize``."""
+    total = 0
+    for name in (TENSOR_FILE, SPEC_FILE):
+        file = Path(path) / name
+        try:
+            total += os.path.getsize(file)
+        except FileNotFoundError:
+            raise ArtifactError(f"missing artifact file {file}") from None
+    return total

@@ -1,0 +1,399 @@
+"""Energy from operation counts: named 45 nm profiles, compute-only (L0) and memory-aware (L1).
+
+Implements specs/quant-kd.md §5 (counting §5.1, unit energies §5.2, model §5.5) and
+specs/pruning.md §1.3. Energies are totals over whatever the ``counts`` cover; divide by
+``counts["samples"]`` for per-sample figures. Raw counts are never modified and should be
+reported next to every energy figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+LEVELS = ("L0", "L1")
+WEIGHT_REUSE = ("stationary", "per_timestep", "per_event")
+STATE_TRAFFIC = ("per_neuron_step", "per_event")
+L0_KEYS = ("sops", "macs", "neuron_updates")
+L1_KEYS = L0_KEYS + ("params_nonzero", "samples", "time_steps", "spike_input_elements",
+                     "real_input_elements")
+
+
+@dataclass(frozen=True)
+class EnergyProfile:
+    """Unit energies of one hardware point, in pJ per operation or per memory access.
+
+    Every field is required: a custom profile states each constant, none is defaulted.
+
+    Attributes:
+        name: short identifier, e.g. ``"45nm-int8"``.
+        e_ac_pj: one accumulate (an add) at ``op_bits``.
+        e_mac_pj: one multiply-accumulate (multiply + add) at ``op_bits``; must be >= ``e_ac_pj``.
+        e_neuron_pj: one neuron update (leak, add, compare) at ``op_bits``; 0 reproduces the
+            literature's compute-only figures (§5.1).
+        op_bits: the bit-width at which the three energies above hold; other widths are scaled
+            from it (see ``op_energies_pj``).
+        access_width_bits: bits delivered by one SRAM access (Horowitz: 64).
+        sram_pj_per_access: ``((capacity_bytes, pJ), ...)`` with strictly increasing capacities;
+            the cost of one access to a buffer of any capacity is the piecewise-linear curve
+            through (0, 0) and these points, clamped above the last one (§5.5).
+        weight_buffer_bytes, membrane_buffer_bytes, activation_buffer_bytes: capacities of the
+            on-chip buffers holding weights, membrane potentials, and spikes / real-valued
+            activations; they pick the per-access cost of each traffic category.
+        source: the paper and table each constant comes from, with unverified items marked.
+    """
+
+    name: str
+    e_ac_pj: float
+    e_mac_pj: float
+    e_neuron_pj: float
+    op_bits: int
+    access_width_bits: int
+    sram_pj_per_access: tuple[tuple[float, float], ...]
+    weight_buffer_bytes: float
+    membrane_buffer_bytes: float
+    activation_buffer_bytes: float
+    source: str
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("name", "source"):
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"EnergyProfile.{f.name} must be a non-empty string")
+            elif f.name in ("op_bits", "access_width_bits"):
+                _check_bits(f"EnergyProfile.{f.name}", value)
+            elif f.name == "sram_pj_per_access":
+                _check_sram_table(value)
+            else:
+                _check_number(f"EnergyProfile.{f.name}", value, positive=f.name.endswith("_bytes"))
+        if self.e_mac_pj < self.e_ac_pj:
+            raise ValueError(f"EnergyProfile.e_mac_pj ({self.e_mac_pj}) must be >= e_ac_pj "
+                             f"({self.e_ac_pj}): a MAC is a multiply plus an add")
+
+
+def _check_number(label: str, value: object, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{label} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{label} must be finite and {'> 0' if positive else '>= 0'}, got {value}")
+
+
+def _check_bits(label: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+
+
+def _check_sram_table(table: object) -> None:
+    label = "EnergyProfile.sram_pj_per_access"
+    if not isinstance(table, tuple) or not table:
+        raise ValueError(f"{label} must be a non-empty tuple of (capacity_bytes, pJ) pairs")
+    previous = 0.0
+    for point in table:
+        if not isinstance(point, tuple) or len(point) != 2:
+            raise ValueError(f"{label} entries must be (capacity_bytes, pJ) pairs, got {point!r}")
+        _check_number(f"{label} capacity", point[0], positive=True)
+        _check_number(f"{label} energy", point[1])
+        if point[0] <= previous:
+            raise ValueError(f"{label} capacities must be strictly increasing, got {table!r}")
+        previous = point[0]
+
+
+def sram_access_pj(profile: EnergyProfile, capacity_bytes: float) -> float:
+    """pJ of one ``access_width_bits`` access to a buffer of ``capacity_bytes``.
+
+    e(c) = e_i + (e_{i+1} - e_i) * (c - c_i) / (c_{i+1} - c_i) between table points, with
+    (c_0, e_0) = (0, 0); e(c) = e_last for c above the last capacity (§5.5, "clamped above").
+    """
+    _check_number("capacity_bytes", capacity_bytes)
+    c0, e0 = 0.0, 0.0
+    for c1, e1 in profile.sram_pj_per_access:
+        if capacity_bytes <= c1:
+            return e0 + (e1 - e0) * (capacity_bytes - c0) / (c1 - c0)
+        c0, e0 = c1, e1
+    return e0
+
+
+def op_energies_pj(
+    profile: EnergyProfile,
+    weight_bits: int | None = None,
+    membrane_bits: int | None = None,
+    activation_bits: int | None = None,
+) -> dict[str, float]:
+    """Per-operation pJ at the given bit-widths (None: the profile's ``op_bits``).
+
+    Scaling rule (§5.2 [D]: add energy ~ linear in bits, multiply ~ quadratic), with b0 =
+    ``op_bits``, E_mult = e_mac - e_ac, and within the profile's number format:
+
+        add(b)        = e_ac * b / b0
+        mult(bx, by)  = E_mult * bx * by / b0**2
+        snn_ac        = add(max(b_w, b_u))             # a weight accumulated into the membrane
+        snn_mac       = mult(b_w, b_a) + add(max(b_w, b_u))
+        ann_mac       = mult(b_w, b_a) + add(max(b_w, b_a))
+        snn_neuron    = e_neuron * b_u / b0             # leak/add/compare on the membrane
+        ann_neuron    = e_neuron * b_a / b0             # activation function on b_a bits
+
+    At the native width every value equals the profile's constant exactly. Quantizing only the
+    weights (b_u left at 32 bits) buys no AC saving: the adder is as wide as the membrane.
+    """
+    b0 = profile.op_bits
+    bw, bu, ba = _resolve_bits(profile, weight_bits, membrane_bits, activation_bits)
+
+    def mac(bx: int, by: int, acc: int) -> float:
+        # e_mac * s_mult + e_ac * (s_add - s_mult) == mult + add, exact at the native width
+        s_mult, s_add = bx * by / b0**2, acc / b0
+        return profile.e_mac_pj * s_mult + profile.e_ac_pj * (s_add - s_mult)
+
+    return {
+        "snn_ac": profile.e_ac_pj * max(bw, bu) / b0,
+        "snn_mac": mac(bw, ba, max(bw, bu)),
+        "ann_mac": mac(bw, ba, max(bw, ba)),
+        "snn_neuron": profile.e_neuron_pj * bu / b0,
+        "ann_neuron": profile.e_neuron_pj * ba / b0,
+    }
+
+
+def _resolve_bits(
+    profile: EnergyProfile, weight_bits: int | None, membrane_bits: int | None,
+    activation_bits: int | None,
+) -> tuple[int, int, int]:
+    """(b_w, b_u, b_a) with None replaced by the profile's ``op_bits``; each checked >= 1."""
+    bw, bu, ba = (profile.op_bits if b is None else b
+                  for b in (weight_bits, membrane_bits, activation_bits))
+    for label, b in (("weight_bits", bw), ("membrane_bits", bu), ("activation_bits", ba)):
+        _check_bits(label, b)
+    return bw, bu, ba
+
+
+def _read_counts(counts: Mapping, keys: tuple[str, ...], level: str) -> dict[str, float]:
+    out = {}
+    for key in keys:
+        if key not in counts:
+            raise ValueError(f"counts[{key!r}] is missing; level {level} needs {', '.join(keys)}")
+        number = float(value := counts[key])
+        if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+            raise ValueError(f"counts[{key!r}] must be a finite number >= 0, got {value!r}")
+        out[key] = number
+    return out
+
+
+def _check_choice(label: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{label} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _memory_term(
+    out: dict[str, float], key: str, elements: float, bits: int, buffer_bytes: float,
+    profile: EnergyProfile, packed: bool,
+) -> None:
+    """Adds ``{key}_bits``, ``{key}_accesses`` and ``{key}_pj`` for ``elements`` of ``bits``.
+
+    accesses = elements * bits / W if packed, else elements * ceil(bits / W), W = access width;
+    pJ = accesses * sram_access_pj(buffer_bytes).
+    """
+    width = profile.access_width_bits
+    accesses = elements * bits / width if packed else elements * math.ceil(bits / width)
+    out[f"{key}_bits"] = elements * bits
+    out[f"{key}_accesses"] = accesses
+    out[f"{key}_pj"] = accesses * sram_access_pj(profile, buffer_bytes)
+
+
+def energy_pj(
+    counts: Mapping,
+    profile: EnergyProfile,
+    level: str = "L0",
+    weight_bits: int | None = None,
+    membrane_bits: int | None = None,
+    activation_bits: int | None = None,
+    weight_reuse: str = "per_timestep",
+    state_traffic: str = "per_neuron_step",
+    packed: bool = True,
+) -> dict[str, float]:
+    """Energy of an SNN inference from its operation counts (specs/quant-kd.md §5.5).
+
+    L0 (compute only, literature-compatible), with unit energies from ``op_energies_pj``:
+        E0 = E_AC * sops + E_MAC * macs + E_neuron * neuron_updates
+    L1 (memory-aware) adds one SRAM term per traffic category,
+        E1 = E0 + sum_c accesses_c * sram_access_pj(buffer_c),  accesses_c = bits_c / W (packed)
+    with, in words of the stated width (§5.5 exactly; choices it leaves are marked [D]):
+        weights  (b_w bits, weight buffer): stationary: params_nonzero * samples (read once per
+                 inference [D]); per_timestep: params_nonzero * time_steps * samples;
+                 per_event: sops + macs
+        membrane (b_u bits, membrane buffer): per_neuron_step: 2 * neuron_updates (read + write);
+                 per_event: 2 * sops + neuron_updates (read-modify-write per event plus a
+                 one-access leak pass, as §5.5 writes it; MAC-driven updates ride on that pass)
+        spikes   (1 bit, activation buffer): neuron_updates (each neuron writes its output bit
+                 every step) + spike_input_elements (each binary input element read per step)
+        real inputs (b_a bits, activation buffer) [D, §5.5 is silent]: real_input_elements.
+    DRAM is not charged (on-chip buffers assumed; a large buffer saturates at the last SRAM
+    point). ``packed=False`` charges ceil(bits / W) accesses per element instead of bits / W.
+
+    Args:
+        counts: totals over all samples, time steps and layers. L0 needs ``sops``, ``macs``,
+            ``neuron_updates`` (neurons x T x samples). L1 also needs ``params_nonzero`` (non-zero
+            weights of all synaptic layers, summed), ``samples``, ``time_steps`` (T per sample; a
+            mean when T varies), ``spike_input_elements`` (elements of the binary inputs of
+            synaptic layers, i.e. their [T, B, ...] numel, summed over layers and batches) and
+            ``real_input_elements`` (the same for real-valued inputs, e.g. the first layer under
+            direct coding). Other keys are ignored; values are read, never written.
+        profile: unit energies, e.g. ``get_profile("45nm")``.
+        level: "L0" or "L1".
+        weight_bits, membrane_bits, activation_bits: b_w, b_u and b_a (real-valued inputs);
+            None means the profile's ``op_bits``. Spikes are 1 bit.
+        weight_reuse: "stationary", "per_timestep" or "per_event" (L1 only).
+        state_traffic: "per_neuron_step" or "per_event" (L1 only).
+        packed: dense bit-packing of memory words (L1 only).
+
+    Returns:
+        ``ac_pj``, ``mac_pj``, ``neuron_pj`` and ``total_pj``; for L1 also ``weight_mem_*``,
+        ``membrane_mem_*``, ``spike_mem_*`` and ``real_input_mem_*`` each as ``_pj``, ``_bits``
+        (bits moved) and ``_accesses``. ``total_pj`` is the sum of the other ``*_pj`` entries.
+    """
+    _check_choice("level", level, LEVELS)
+    _check_choice("weight_reuse", weight_reuse, WEIGHT_REUSE)
+    _check_choice("state_traffic", state_traffic, STATE_TRAFFIC)
+    c = _read_counts(counts, L0_KEYS if level == "L0" else L1_KEYS, level)
+    ops = op_energies_pj(profile, weight_bits, membrane_bits, activation_bits)
+    out = {
+        "ac_pj": ops["snn_ac"] * c["sops"],
+        "mac_pj": ops["snn_mac"] * c["macs"],
+        "neuron_pj": ops["snn_neuron"] * c["neuron_updates"],
+    }
+    if level == "L1":
+        bits = _resolve_bits(profile, weight_bits, membrane_bits, activation_bits)
+        _snn_memory_terms(out, c, profile, bits, weight_reuse, state_traffic, packed)
+    out["total_pj"] = sum(v for k, v in out.items() if k.endswith("_pj"))
+    return out
+
+
+def _snn_memory_terms(
+    out: dict[str, float], c: dict[str, float], profile: EnergyProfile,
+    bits: tuple[int, int, int], weight_reuse: str, state_traffic: str, packed: bool,
+) -> None:
+    """The four L1 traffic categories of ``energy_pj`` (words per its docstring)."""
+    bw, bu, ba = bits
+    weight_reads = {
+        "stationary": c["params_nonzero"] * c["samples"],
+        "per_timestep": c["params_nonzero"] * c["time_steps"] * c["samples"],
+        "per_event": c["sops"] + c["macs"],
+    }[weight_reuse]
+    state = {
+        "per_neuron_step": 2 * c["neuron_updates"],
+        "per_event": 2 * c["sops"] + c["neuron_updates"],
+    }[state_traffic]
+    spikes = c["neuron_updates"] + c["spike_input_elements"]
+    for key, elements, b, buffer in (
+        ("weight_mem", weight_reads, bw, profile.weight_buffer_bytes),
+        ("membrane_mem", state, bu, profile.membrane_buffer_bytes),
+        ("spike_mem", spikes, 1, profile.activation_buffer_bytes),
+        ("real_input_mem", c["real_input_elements"], ba, profile.activation_buffer_bytes),
+    ):
+        _memory_term(out, key, elements, b, buffer, profile, packed)
+
+
+def ann_energy_pj(
+    dense_macs: float,
+    neurons: float,
+    profile: EnergyProfile,
+    level: str = "L0",
+    params: float | None = None,
+    input_elements: float | None = None,
+    samples: float | None = None,
+    weight_bits: int | None = None,
+    activation_bits: int | None = None,
+    weight_reuse: str = "per_timestep",
+    packed: bool = True,
+) -> dict[str, float]:
+    """Energy of the ANN twin (same topology, ReLU, one pass per sample) with the same profile.
+
+    The twin pays dense MACs with every activation real-valued (b_a bits), no AC, no membrane:
+        E0 = E_MAC(b_w, b_a) * dense_macs + E_neuron(b_a) * neurons
+        E1 = E0 + weights: params * samples words of b_w bits (one step, so "stationary" and
+             "per_timestep" coincide; "per_event": dense_macs reads), weight buffer
+                + activations: (neurons + input_elements) words of b_a bits (each activation
+             written once, each layer input read once), activation buffer
+    Unit energies and memory costs follow ``op_energies_pj`` and ``energy_pj``.
+
+    Args:
+        dense_macs: MACs of the twin over ``samples`` inputs (no time dimension). From an SNN
+            counter whose ``dense_macs`` span T steps: ``dense_macs / time_steps``.
+        neurons: activations computed (ReLU outputs), total over samples; from an SNN record:
+            ``neuron_updates / time_steps``.
+        profile: unit energies.
+        level: "L0" or "L1".
+        params: weights the twin reads per inference (L1); the dense ``params`` for the usual
+            unpruned baseline (§5.3), ``params_nonzero`` for an equally pruned one.
+        input_elements: elements of every synaptic layer's input, total over samples (L1); from
+            an SNN record: ``(spike_input_elements + real_input_elements) / time_steps``.
+        samples: inferences covered (L1).
+        weight_bits, activation_bits: b_w, b_a; None means the profile's ``op_bits``.
+        weight_reuse, packed: as in ``energy_pj``.
+
+    Returns:
+        ``ac_pj`` (always 0), ``mac_pj``, ``neuron_pj``, ``total_pj``; for L1 also
+        ``weight_mem_*`` and ``activation_mem_*`` as ``_pj``, ``_bits`` and ``_accesses``.
+    """
+    _check_choice("level", level, LEVELS)
+    _check_choice("weight_reuse", weight_reuse, WEIGHT_REUSE)
+    given = {"dense_macs": dense_macs, "neurons": neurons}
+    if level == "L1":
+        given.update(params=params, input_elements=input_elements, samples=samples)
+        for key, value in given.items():
+            if value is None:
+                raise ValueError(f"{key} is required for the ANN twin at level L1")
+    c = _read_counts(given, tuple(given), level)
+    ops = op_energies_pj(profile, weight_bits, None, activation_bits)
+    out = {"ac_pj": 0.0, "mac_pj": ops["ann_mac"] * c["dense_macs"],
+           "neuron_pj": ops["ann_neuron"] * c["neurons"]}
+    if level == "L1":
+        bw, _, ba = _resolve_bits(profile, weight_bits, None, activation_bits)
+        reads = c["dense_macs"] if weight_reuse == "per_event" else c["params"] * c["samples"]
+        _memory_term(out, "weight_mem", reads, bw, profile.weight_buffer_bytes, profile, packed)
+        _memory_term(out, "activation_mem", c["neurons"] + c["input_elements"], ba,
+                     profile.activation_buffer_bytes, profile, packed)
+    out["total_pj"] = sum(v for k, v in out.items() if k.endswith("_pj"))
+    return out
+
+
+_HOROWITZ = (
+    "Horowitz, 'Computing's energy problem (and what we can do about it)', ISSCC 2014, "
+    "pp. 10-14, 45 nm 0.9 V energy-per-operation table (Fig. 1.1.9 [unverified number]), as "
+    "transcribed in specs/quant-kd.md §5.2; the op energies match SpikingJelly 2.0 op_counter "
+    "presets [code], the paper table itself was not re-read [unverified]."
+)
+_MEMORY = (
+    " SRAM per 64-bit access 10/20/100 pJ at 8 KB/32 KB/1 MB (same table; KB = 1024 B; "
+    "SpikingJelly's Lemaire model applies them per 32-bit word instead, §5.2), interpolated "
+    "piecewise-linearly [D, §5.5]; 32 KB buffers [D, §5.5]; e_neuron = 0 literature default "
+    "[D, §5.1]; other bit-widths scaled by the [D] rule of §5.2 (add linear, multiply quadratic)."
+)
+_SRAM_45NM = ((8 * 1024, 10.0), (32 * 1024, 20.0), (1024 * 1024, 100.0))
+
+
+def _preset(name: str, e_ac_pj: float, e_mac_pj: float, bits: int, ops: str) -> EnergyProfile:
+    """A 45 nm profile: Horowitz op and SRAM energies, 64-bit accesses, 32 KB buffers."""
+    return EnergyProfile(
+        name=name, e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj, e_neuron_pj=0.0, op_bits=bits,
+        access_width_bits=64, sram_pj_per_access=_SRAM_45NM,
+        weight_buffer_bytes=32 * 1024, membrane_buffer_bytes=32 * 1024,
+        activation_buffer_bytes=32 * 1024, source=f"{ops} {_HOROWITZ}{_MEMORY}",
+    )
+
+
+_FP32 = _preset("45nm-fp32", 0.9, 4.6, 32, "fp32: ADD 0.9 pJ, MULT 3.7 pJ, MAC = 4.6 pJ.")
+
+PROFILES: dict[str, EnergyProfile] = {
+    "45nm": replace(_FP32, name="45nm", source="Alias of 45nm-fp32. " + _FP32.source),
+    "45nm-fp32": _FP32,
+    "45nm-fp16": _preset("45nm-fp16", 0.4, 1.5, 16, "fp16: ADD 0.4 pJ, MULT 1.1 pJ, MAC = 1.5 pJ."),
+    "45nm-int32": _preset("45nm-int32", 0.1, 3.2, 32, "int32: ADD 0.1, MULT 3.1, MAC = 3.2 pJ."),
+    "45nm-int8": _preset("45nm-int8", 0.03, 0.23, 8, "int8: ADD 0.03, MULT 0.2, MAC = 0.23 pJ."),
+}
+
+
+def get_profile(name: str) -> EnergyProfile:
+    """The preset named ``name`` from ``PROFILES``."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown energy profile {name!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[name]
