@@ -1,4 +1,4 @@
-"""Dense accuracy anchors (issue 3, specs/data.md §3): train each reference model once and report.
+"""Dense anchors: train each reference model once, then measure it (issues 3 and 4).
 
     python benchmarks/dense_accuracy.py [--threads 2] [--only digits,mnist1d,event_digits]
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from spikecompress.commands import model_spec_for
 from spikecompress.data import DataConfig, load_data
+from spikecompress.measure import measure
 from spikecompress.models import from_spec
 from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 
@@ -40,7 +41,9 @@ def run_one(key: str) -> dict:
     model = from_spec(model_spec_for(model_name, data, widths, "lif", True))
     params = sum(p.numel() for p in model.parameters())
     metrics = Trainer(model, data, TrainConfig(epochs=epochs, lr=lr), verbose=False).fit()
+    measured = measure(model, data).to_dict()
     return dict(
+        measured=measured,
         task=key, model=f"{model_name} {widths}", params=params, epochs=epochs,
         acc=metrics["accuracy"], best=metrics["best_accuracy"], goal=goal, anchor=anchor,
         wall=metrics["wall_s"], data_s=data_s, fr=metrics["firing_rate"],
@@ -76,6 +79,21 @@ def main() -> None:
             f"| {100 * r['acc']:.2f}% "
             f"| {100 * r['best']:.2f}% | >= {100 * r['goal']:.1f}% ({ok}) | {r['anchor']} "
             f"| {r['fr']:.3f} | {r['wall']:.0f} | {r['data_s']:.1f} |"
+        )
+    lines += ["", "Measured with `spikecompress.measure(model, data)` (45nm profile, per test sample, "
+              "MACs = the real-valued first layer under direct coding, counted T times):", "",
+              "| task | spikes | firing rate per layer | SOPs | MACs | L0 nJ | L1 nJ "
+              "| ANN L0 / SNN L0 | ANN L1 / SNN L1 | bytes on disk |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["measured"]
+        e, a = m["energy_pj_per_sample"], m["ann_energy_pj_per_sample"]
+        rates = ", ".join(f"{v['firing_rate']:.3f}" for v in m["layers"].values()
+                          if v["firing_rate"] is not None)
+        lines.append(
+            f"| {r['task']} | {m['spikes_per_sample']:,.0f} | {rates} | {m['sops_per_sample']:,.0f} "
+            f"| {m['macs_per_sample']:,.0f} | {e['L0'] / 1e3:,.1f} | {e['L1'] / 1e3:,.1f} "
+            f"| {a['L0'] / e['L0']:.2f} | {a['L1'] / e['L1']:.2f} | {m['size_bytes']:,} |"
         )
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)

@@ -58,3 +58,12 @@ def test_pruned_weights_shrink_sops_and_bytes(setup):
     assert small.params_nonzero < dense.params_nonzero
     assert small.size_bytes < dense.size_bytes
     assert small.neurobench["ConnectionSparsity"] > 0.4
+
+
+def test_package_is_callable_as_the_one_verb(setup):
+    import spikecompress
+
+    model, data = setup
+    m = spikecompress.measure(model, data, profile="45nm-int8", latency_repeats=1)
+    assert isinstance(m, spikecompress.Metrics) and m.profile == "45nm-int8"
+    assert m.to_neurobench()["ParameterCount"] == m.params

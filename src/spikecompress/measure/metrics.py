@@ -50,6 +50,10 @@ class Metrics:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_neurobench(self) -> dict:
+        """The figures under NeuroBench 2.3's names (per sample, summed over T)."""
+        return dict(self.neurobench)
+
 
 def count_loader(model: nn.Module, loader, static_input_once: bool = False) -> tuple[dict, Counts]:
     """Exact counts summed over every batch of ``loader``: (totals dict, last batch's Counts)."""
