@@ -28,7 +28,7 @@ CASES = {
 
 
 @torch.no_grad()
-def ratio(spec: dict, shape: tuple, reps: int, T: int = 4, B: int = 64) -> tuple[float, float, float]:
+def ratio(spec: dict, shape: tuple, reps: int, T: int = 4, B: int = 64) -> tuple[float, ...]:
     torch.manual_seed(0)
     model = build(classes=10, **spec).eval()
     x_seq = torch.rand(T, B, *shape)

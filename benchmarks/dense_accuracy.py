@@ -80,7 +80,8 @@ def main() -> None:
             f"| {100 * r['best']:.2f}% | >= {100 * r['goal']:.1f}% ({ok}) | {r['anchor']} "
             f"| {r['fr']:.3f} | {r['wall']:.0f} | {r['data_s']:.1f} |"
         )
-    lines += ["", "Measured with `spikecompress.measure(model, data)` (45nm profile, per test sample, "
+    lines += ["", "Measured with `spikecompress.measure(model, data)` (45nm profile, per test "
+              "sample, "
               "MACs = the real-valued first layer under direct coding, counted T times):", "",
               "| task | spikes | firing rate per layer | SOPs | MACs | L0 nJ | L1 nJ "
               "| ANN L0 / SNN L0 | ANN L1 / SNN L1 | bytes on disk |",
@@ -91,7 +92,8 @@ def main() -> None:
         rates = ", ".join(f"{v['firing_rate']:.3f}" for v in m["layers"].values()
                           if v["firing_rate"] is not None)
         lines.append(
-            f"| {r['task']} | {m['spikes_per_sample']:,.0f} | {rates} | {m['sops_per_sample']:,.0f} "
+            f"| {r['task']} | {m['spikes_per_sample']:,.0f} | {rates} "
+            f"| {m['sops_per_sample']:,.0f} "
             f"| {m['macs_per_sample']:,.0f} | {e['L0'] / 1e3:,.1f} | {e['L1'] / 1e3:,.1f} "
             f"| {a['L0'] / e['L0']:.2f} | {a['L1'] / e['L1']:.2f} | {m['size_bytes']:,} |"
         )
