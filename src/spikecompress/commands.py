@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -56,7 +57,7 @@ def train(args: argparse.Namespace) -> int:
     data = load_data(data_cfg)
     seed_everything(args.seed)
     model = from_spec(model_spec_for(args.model, data, args.widths, args.neuron, not args.ann))
-    meta = {"model": model.spec, "data": _data_dict(data_cfg)}
+    meta = {"model": model.spec, "data": asdict(data_cfg)}
     trainer = Trainer(model, data, cfg, out_dir=args.out, meta=meta, verbose=not args.quiet)
     metrics = trainer.fit()
     out = Path(args.out)
@@ -66,12 +67,6 @@ def train(args: argparse.Namespace) -> int:
         Console(stderr=True).print(f"resumed from the checkpoint in {out}")
     _report(metrics, title=f"{args.model} on {args.data}, T={args.T}")
     return 0
-
-
-def _data_dict(cfg) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def _report(metrics: dict, title: str) -> None:
@@ -90,16 +85,13 @@ def _report(metrics: dict, title: str) -> None:
 
 def evaluate_run(args: argparse.Namespace) -> int:
     from spikecompress.data import DataConfig, load_data
-    from spikecompress.models import from_spec
-    from spikecompress.train import evaluate, load_checkpoint, set_threads
+    from spikecompress.train import evaluate, set_threads
 
     set_threads(args.threads)
-    tensors, meta = load_checkpoint(args.run)
-    model = from_spec(meta["model"])
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    data = load_data(DataConfig(**meta["data"]))
+    model, data_cfg = _model_and_data_config(Path(args.run), None, None)
+    data = load_data(DataConfig(**data_cfg))
     metrics = evaluate(model.to(args.device), data.test, args.device)
-    _report(metrics, title=f"{meta['model']['name']} from {args.run}")
+    _report(metrics, title=f"{model.spec['name']} from {args.run}")
     return 0
 
 

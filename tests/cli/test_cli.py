@@ -30,7 +30,7 @@ def test_train_writes_checkpoint_and_metrics_then_eval(tmp_path, capsys):
         (["train", "--widths", "a,b", "--out", "x"], "comma-separated integers"),
         (["train", "--optimizer", "adamw", "--out", "x"], "optimizer"),
         (["train"], "--out"),
-        (["eval", "does/not/exist"], "does/not/exist/checkpoint.json"),
+        (["eval", "does/not/exist"], "does/not/exist holds neither checkpoint.json"),
         (["frobnicate"], "invalid choice"),
         pytest.param(
             ["train", "--device", "cuda", "--out", "x"],
