@@ -16,8 +16,7 @@ Definitions (specs/quant-kd.md §5.1, specs/pruning.md §1.3):
   twin computes per step: ``sum(conv(ones_like(x), ones_like(W)))`` (NeuroBench's ``Dense``).
 * Bias additions are not counted. Pooling, BN, flatten, residual additions and every module
   other than conv / linear add no SOPs or MACs (transposed convs are not counted either).
-* Neurons: ``spikes`` = sum of the output, ``neuron_updates`` = elements of the output
-  (neurons x T x B), ``firing_rate`` = spikes / neuron_updates.
+* Neurons: ``spikes`` = output sum, ``neuron_updates`` = output numel, their ratio the rate.
 
 Counting is exact: a layer's input is reduced to its non-zero count per position (over time and
 batch; a float sum of 0/1 values is exact below 2**24 in float32, int64 beyond), then dotted in
