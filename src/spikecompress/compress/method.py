@@ -1,0 +1,67 @@
+"""The Method protocol: one compression technique = one dataclass of hyper-parameters + hooks.
+
+A method's dataclass fields are its hyper-parameters (the class *is* its config, validated in
+``__post_init__``); runtime state lives in fields whose names end in ``_``. Every hook is optional:
+
+    attach(model, ctx)                 once, before training (add parametrizations, init state)
+    loss(model, x_seq, out_seq, ctx)   a term added to the task loss at every step
+    after_step(model, ctx)             after each optimizer step (schedules run on ctx.progress)
+    finalize(model, ctx) -> model      bake the result into a plain module
+
+``KIND`` (a class attribute) places the method in the Session's fixed finalize order:
+"channels" → "masks" → "quant" → "time"; "loss"-only methods finalize last and change nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+KINDS = ("channels", "masks", "quant", "time", "loss")
+
+
+@dataclass
+class Context:
+    """Where training is: ``progress`` in [0, 1] over the stage, ``step``, ``epoch``, stage."""
+
+    progress: float = 0.0
+    step: int = 0
+    epoch: int = 0
+    stage: str = ""
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What the Session calls; implement any subset of the hooks (see the module docstring)."""
+
+    KIND: ClassVar[str]
+
+
+def hook(method: object, name: str):
+    """The method's hook ``name`` or None when it does not define one."""
+    fn = getattr(method, name, None)
+    return fn if callable(fn) else None
+
+
+def zero_loss(out_seq: torch.Tensor) -> torch.Tensor:
+    """A zero that keeps device and dtype (for methods whose loss term is switched off)."""
+    return out_seq.new_zeros(())
+
+
+def method_name(method: object) -> str:
+    """The registered name of a method instance (its class attribute ``NAME``, else the class)."""
+    return getattr(type(method), "NAME", type(method).__name__)
+
+
+def runtime_state(method: object) -> dict:
+    """The method's runtime fields (names ending in ``_``) for checkpoints and inspection."""
+    return {k: v for k, v in vars(method).items() if k.endswith("_") and not k.startswith("_")}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
