@@ -39,7 +39,7 @@ class MagnitudePruning:
     until: float = 0.8
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    targets_: list = field(default_factory=list, init=False, repr=False)
+    targets_: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.sparsity < 1:

@@ -1,0 +1,29 @@
+"""The contract suite: every registered method × tiny MLP, conv net and SEW-ResNet."""
+
+import pytest
+import torch
+
+from spikecompress.compress import METHODS
+from spikecompress.compress.contract import check_method
+from spikecompress.data import DataConfig, load_data
+from spikecompress.models import build
+
+TINY = {
+    "mlp": dict(name="mlp", in_features=64, widths=[16]),
+    "conv_net": dict(name="conv_net", in_channels=1, input_size=8, widths=[4, 8]),
+    "sew_resnet": dict(name="sew_resnet", in_channels=1, input_size=8, widths=[4, 8],
+                       blocks=[1, 1]),
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data(DataConfig(name="digits", T=2, batch_size=64, limit=192))
+
+
+@pytest.mark.parametrize("model_name", list(TINY))
+@pytest.mark.parametrize("method_name", list(METHODS))
+def test_method_contract(method_name, model_name, data):
+    torch.manual_seed(0)
+    model = build(classes=10, **TINY[model_name])
+    check_method(METHODS[method_name], model, data)
