@@ -56,3 +56,17 @@ def print_metrics(m: dict, title: str, console: Console | None = None) -> None:
             _fmt(r["energy_share"], ".1%"),
         )
     console.print(layers)
+
+
+def print_comparison(runs: dict[str, dict], title: str, console: Console | None = None) -> None:
+    """One row per run (e.g. per recipe stage): the report's columns, as a rich table."""
+    from spikecompress.report.render import table_rows
+
+    console = console or Console(width=max(Console().width, 160))
+    header, rows = table_rows(runs)
+    table = Table(title=title)
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
