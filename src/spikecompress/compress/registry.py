@@ -4,7 +4,11 @@ Adding a method touches two places: its own file and this table; the contract te
 """
 
 from spikecompress.compress.prune.magnitude import MagnitudePruning
+from spikecompress.compress.quant.uniform import UniformQuantization
+from spikecompress.compress.quant.weight_sharing import WeightSharing
 
 METHODS = {
     "magnitude": MagnitudePruning,
+    "uniform_quant": UniformQuantization,
+    "weight_sharing": WeightSharing,
 }
