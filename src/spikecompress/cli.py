@@ -1,4 +1,4 @@
-"""Command line: ``spikecompress train | eval | measure | report | list | demo``.
+"""Command line: ``spikecompress run | train | eval | measure | report | list | demo``.
 
 Errors a user can cause (bad argument, unknown model or dataset, missing file, corrupt checkpoint)
 print one line ``spikecompress: error: ...`` and exit with code 2.
@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="spikecompress", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"spikecompress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run a recipe: stages of training with compression methods")
+    p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe>); resumes")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a recipe field, e.g. stages.1.epochs=2 (repeatable)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: $THREADS)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("train", help="train a model and write checkpoint + metrics.json to --out")
     _add_train_args(p)

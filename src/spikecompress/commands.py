@@ -29,6 +29,34 @@ def model_spec_for(name: str, data, widths, neuron: str, spiking: bool) -> dict:
     return spec
 
 
+def run_recipe(args: argparse.Namespace) -> int:
+    """``spikecompress run``: load the recipe (file or shipped name), apply ``--set``, run it."""
+    from spikecompress.pipeline import run_recipe as run
+    from spikecompress.recipe import load_recipe
+    from spikecompress.report import table_rows
+    from spikecompress.train import set_threads
+
+    set_threads(args.threads)
+    recipe = load_recipe(args.recipe, overrides=args.set)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    result = run(recipe, out, verbose=not args.quiet)
+    header, rows = table_rows(result["stages"])
+    keep = [0] + [header.index(h) for h in _RUN_COLUMNS]
+    table = Table(title=f"{args.recipe} → {out}")
+    table.add_column("stage")
+    for h in _RUN_COLUMNS:
+        table.add_column(h, justify="right")
+    for row in rows:
+        table.add_row(*[row[i] for i in keep])
+    Console().print(table)
+    if args.quiet:  # otherwise the runner has said it
+        print(f"wrote {result['artifact']}, {out / 'metrics.json'} and {result['report']}")
+    return 0
+
+
+_RUN_COLUMNS = ("accuracy", "non-zero", "bytes on disk", "SOPs/sample", "L0 energy nJ")
+
+
 def train(args: argparse.Namespace) -> int:
     from spikecompress.data import DataConfig, load_data
     from spikecompress.models import from_spec
@@ -216,6 +244,7 @@ def report_runs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "run": run_recipe,
     "train": train,
     "eval": evaluate_run,
     "list": list_all,

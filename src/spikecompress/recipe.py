@@ -1,0 +1,400 @@
+"""Recipes: YAML mapped one to one onto dataclasses (Recipe → Stage → OptimizerConfig, methods).
+
+    recipe = load_recipe("magnitude_qat", overrides=["stages.1.epochs=2"])  # file or shipped name
+    text = dump_yaml(recipe)                                               # load(dump(r)) == r
+
+Every value is type-checked against its field; unknown keys, wrong types, unknown methods and
+impossible values raise a one-line ``ValueError`` naming the field path (``stages.1.methods.0.
+sparsity``). Method specs are validated by constructing ``METHODS[name](**rest)`` and stored with
+every field resolved, so the effective recipe written next to a run pins all hyper-parameters.
+YAML is read with ``yaml.safe_load`` only; this is the only module that touches YAML.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spikecompress import recipes
+from spikecompress.compress.registry import METHODS
+from spikecompress.data import DataConfig
+from spikecompress.train.config import LOSSES, OPTIMIZERS, SCHEDULES
+
+RECIPE_VERSION = 1
+_STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class _Model: ...  # type marker: a model spec, checked against the builder MODELS[name]
+
+
+class _MethodSpec: ...  # type marker: a method spec, checked against METHODS[name]
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam or SGD; ``schedule``: the learning rate over the stage (cosine | constant)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
+        if not 0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+
+
+@dataclass
+class Stage:
+    """Train ``epochs`` (0: calibration / one-shot) with ``methods`` attached, then finalize.
+
+    ``methods``: specs ``{name: <METHODS key>, <field>: value, ...}``, stored with every field of
+    the method resolved. ``init``: start from this run directory (checkpoint) or artifact folder
+    instead of the previous stage's finalized model (or, for the first stage, a fresh model).
+    """
+
+    name: str
+    epochs: int
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: str = "ce"
+    methods: list[dict] = field(default_factory=list)
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _STAGE_NAME.fullmatch(self.name):
+            raise ValueError(f"name must be letters, digits, '_', '.' or '-', got {self.name!r}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        self.methods = [method_spec(s, f"methods.{i}") for i, s in enumerate(self.methods)]
+        if self.init is not None and not self.init:
+            raise ValueError("init must be a path or null, got ''")
+
+    def build_methods(self) -> list:
+        """Fresh method instances (their runtime state empty) for one run of this stage."""
+        return [METHODS[s["name"]](**_rest(s)) for s in self.methods]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Recipe:
+    """A model, its data and the stages that compress it; ``version`` is the recipe format.
+
+    ``model``: a model spec (``{name: conv_net, widths: [...]}``); ``in_channels``,
+    ``input_size`` / ``in_features`` and ``classes`` are filled from the data when absent.
+    ``seed``: model initialisation and training (the data's own ``seed`` splits and shuffles).
+    """
+
+    version: int
+    model: dict
+    data: DataConfig
+    stages: list[Stage]
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_version(self.version)
+        model = self.model if isinstance(self.model, dict) else {"name": self.model}
+        self.model = _conform_keys(model, _builder_hints(model.get("name"), "model"), "model")
+        if not self.stages:
+            raise ValueError("stages: a recipe needs at least one stage")
+        names = [s.name for s in self.stages]
+        twice = [i for i, name in enumerate(names) if name in names[:i]]
+        if twice:
+            raise ValueError(f"stages.{twice[0]}.name: {names[twice[0]]!r} is used twice")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    def to_dict(self) -> dict:
+        """The recipe as plain YAML/JSON values (every field, method fields resolved)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        """Validate a parsed YAML mapping (errors name the field path) and build the Recipe."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a recipe must be a mapping, got {type(d).__name__}")
+        _check_version(d.get("version"))
+        return _from_dict(cls, d, "")
+
+
+# -- YAML, files and shipped recipes -------------------------------------------------------------
+def dump_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML text; ``Recipe.from_dict(yaml.safe_load(text)) == recipe``."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
+def parse_yaml(text: str, source: str) -> dict:
+    """``yaml.safe_load`` with one-line errors naming ``source``; the top must be a mapping."""
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ValueError(f"{source}: invalid YAML{where}: {problem}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: a recipe must be a YAML mapping, got {type(d).__name__}")
+    return d
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in ``spikecompress/recipes`` (usable as a path)."""
+    return recipes.names()
+
+
+def read_recipe_text(path_or_name: str | Path) -> tuple[str, str]:
+    """(YAML text, source label) of a recipe file, or of a shipped recipe given by its name."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path.read_text(), str(path)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        raise FileNotFoundError(f"recipe file {path} not found")
+    name, shipped = str(path_or_name), recipes.names()
+    if name in shipped:
+        return recipes.read_text(name), name
+    raise FileNotFoundError(
+        f"no recipe file {name!r} and no shipped recipe of that name ({shipped})"
+    )
+
+
+def load_recipe(path_or_name: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe file (or shipped recipe name), apply ``--set`` overrides, validate it."""
+    text, source = read_recipe_text(path_or_name)
+    d = parse_yaml(text, source)
+    _check_version(d.get("version"))  # a newer format may not fit the overrides' schema
+    return Recipe.from_dict(apply_overrides(d, overrides))
+
+
+# -- overrides -----------------------------------------------------------------------------------
+def apply_overrides(recipe_dict: dict, overrides: Sequence[str]) -> dict:
+    """``recipe_dict`` with each ``"a.b.c=value"`` applied, validated and resolved (a new dict).
+
+    The value is parsed with ``yaml.safe_load`` (ints, floats, bools, null, ``[lists]``); list
+    items are addressed by index (``stages.1.methods.0.sparsity=0.5``). The result is checked as a
+    whole by ``Recipe.from_dict``, so unknown keys, wrong types (``stages.0.epochs: expected int,
+    got 'abc'``) and impossible values raise a one-line ValueError naming the path.
+    """
+    d = copy.deepcopy(recipe_dict)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects path=value (e.g. stages.0.epochs=2), got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"{key}: cannot parse the value {text!r}") from None
+        node, parts = d, key.split(".")
+        for depth, part in enumerate(parts):
+            path, at = ".".join(parts[: depth + 1]), part
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ValueError(f"{path}: no item {part!r} (the list has {len(node)} items)")
+                at = int(part)
+            elif not isinstance(node, dict):
+                raise ValueError(f"{path}: {path.rpartition('.')[0]} is {node!r}, not a mapping")
+            if depth == len(parts) - 1:
+                node[at] = value
+                break
+            if isinstance(node, dict) and node.get(at) is None:
+                node[at] = {}  # stages.0.optimizer.lr on a stage that names no optimizer
+            node = node[at]
+    return Recipe.from_dict(d).to_dict()
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    """Field name → type of a recipe dataclass (model and method specs get their markers)."""
+    hints = _dataclass_hints(cls)
+    if cls is Recipe:
+        hints["model"] = _Model
+    if cls is Stage:
+        hints["methods"] = list[_MethodSpec]
+    return hints
+
+
+# -- validation ----------------------------------------------------------------------------------
+def _check_version(version: object) -> None:
+    if version is None:
+        raise ValueError(f"version: missing; add `version: {RECIPE_VERSION}` to the recipe")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"version: expected int, got {version!r}")
+    if version > RECIPE_VERSION:
+        msg = f"is newer than this spikecompress reads ({RECIPE_VERSION}); upgrade spikecompress"
+        raise ValueError(f"version: recipe version {version} {msg}")
+    if version < 1:
+        raise ValueError(f"version must be {RECIPE_VERSION}, got {version}")
+
+
+def _from_dict(cls: type, d: object, path: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``d``: unknown keys and wrong types name their path."""
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise ValueError(f"{path or 'recipe'}: expected a mapping, got {d!r}")
+    hints = _field_hints(cls)
+    kwargs = _conform_keys(d, hints, path)
+    for f in dataclasses.fields(cls):
+        if f.init and f.default is f.default_factory is dataclasses.MISSING and f.name not in d:
+            raise ValueError(f"{path + '.' if path else ''}{f.name}: missing")
+    return _construct(cls, kwargs, path, hints)
+
+
+def method_spec(spec: object, path: str = "method") -> dict:
+    """Validate one method spec by constructing ``METHODS[name](**rest)``; returns the spec with
+    every field of the method (defaults resolved) as plain YAML values."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a mapping with a 'name', got {spec!r}")
+    hints = {"name": str, **_dataclass_hints(_method_class(spec.get("name"), path))}
+    kwargs = _rest(_conform_keys(spec, hints, path))
+    method = _construct(METHODS[spec["name"]], kwargs, path, hints)
+    resolved = {"name": spec["name"]}
+    for name in [n for n in hints if n != "name"]:  # a value YAML cannot hold stays implicit
+        value = _plain(getattr(method, name))
+        if value is _NOT_PLAIN and name in kwargs:
+            value = _plain(kwargs[name])
+        if value is not _NOT_PLAIN:
+            resolved[name] = value
+    return resolved
+
+
+def _conform_keys(d: dict, hints: dict[str, Any], path: str) -> dict:
+    """Each value of ``d`` conformed to its hint; an unknown key names its path."""
+    out = {}
+    for key, value in d.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            where = path or "the recipe"
+            raise ValueError(f"{sub}: unknown key in {where}; known: {sorted(hints)}")
+        out[key] = _conform(sub, value, hints[key])
+    return out
+
+
+def _construct(cls: type, kwargs: dict, path: str, hints: dict) -> Any:
+    """``cls(**kwargs)``; a ValueError from its __post_init__ gets ``path`` in front, joined by
+    '.' when the message starts with a field name."""
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        msg = " ".join(str(e).split())
+        if not path or msg.startswith(path + ".") or msg.startswith(path + ":"):
+            raise ValueError(msg) from None
+        first = re.split(r"[ .:]", msg, maxsplit=1)[0]
+        raise ValueError(f"{path}.{msg}" if first in hints else f"{path}: {msg}") from None
+
+
+def _method_class(name: object, path: str) -> type:
+    if name not in METHODS:
+        raise ValueError(f"{path}.name: unknown method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def _builder_hints(name: object, path: str) -> dict[str, Any]:
+    from spikecompress.models import MODELS
+
+    if name not in MODELS:
+        raise ValueError(f"{path}.name: unknown model {name!r}; known: {sorted(MODELS)}")
+    try:
+        resolved = typing.get_type_hints(MODELS[name])
+    except Exception:  # an unresolvable annotation: accept any value for that builder
+        resolved = {}
+    params = inspect.signature(MODELS[name]).parameters
+    return {"name": str, **{k: resolved.get(k, Any) for k in params}}
+
+
+def _dataclass_hints(cls: type) -> dict[str, Any]:
+    """Init fields (no runtime ``*_`` state) → resolved type."""
+    hints, fields = typing.get_type_hints(cls), dataclasses.fields(cls)
+    return {f.name: hints.get(f.name, Any) for f in fields if f.init and f.name[-1] != "_"}
+
+
+def _rest(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "name"}
+
+
+# -- types ---------------------------------------------------------------------------------------
+_NOT_PLAIN = object()
+_SCALARS = {type(None): type(None), bool: bool, int: int, float: (int, float), str: str}
+
+
+def _origin(hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple, Sequence):
+        return list
+    return origin
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML-safe plain data (tuples become lists), or ``_NOT_PLAIN``."""
+    try:
+        return yaml.safe_load(yaml.safe_dump(value))
+    except yaml.YAMLError:
+        return _NOT_PLAIN
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if hint is _Model or hint is _MethodSpec or dataclasses.is_dataclass(hint):
+        return "mapping"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    if _origin(hint) is list:
+        args = typing.get_args(hint)
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _conform(path: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against ``hint`` (ints accepted as floats, '1e-3' strings too)."""
+    bad = ValueError(f"{path}: expected {_type_name(hint)}, got {value!r}")
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return value
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            with contextlib.suppress(ValueError):
+                return _conform(path, value, arg)
+        raise bad
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise bad from None
+    if hint in _SCALARS:
+        if isinstance(value, _SCALARS[hint]) and (hint is bool or not isinstance(value, bool)):
+            return float(value) if hint is float else value
+        raise bad
+    if _origin(hint) is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = (typing.get_args(hint) or (Any,))[0]
+        return [_conform(f"{path}.{i}", v, item) for i, v in enumerate(value)]
+    if hint is _MethodSpec:
+        return method_spec(value, path)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, path)
+    if (hint in (_Model, dict) or typing.get_origin(hint) is dict) and not isinstance(value, dict):
+        raise bad
+    return value
