@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list models, datasets, neurons, encodings")
 
-    p = sub.add_parser("demo", help="train a spiking CNN on the embedded digits and report it")
-    p.add_argument("--epochs", type=int, default=12)
+    p = sub.add_parser(
+        "demo", help="dense spiking CNN on digits → pruning + 4-bit QAT → before/after report"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/demo")
     return parser

@@ -33,28 +33,17 @@ def run_recipe(args: argparse.Namespace) -> int:
     """``spikecompress run``: load the recipe (file or shipped name), apply ``--set``, run it."""
     from spikecompress.pipeline import run_recipe as run
     from spikecompress.recipe import load_recipe
-    from spikecompress.report import table_rows
+    from spikecompress.report import print_comparison
     from spikecompress.train import set_threads
 
     set_threads(args.threads)
     recipe = load_recipe(args.recipe, overrides=args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
     result = run(recipe, out, verbose=not args.quiet)
-    header, rows = table_rows(result["stages"])
-    keep = [0] + [header.index(h) for h in _RUN_COLUMNS]
-    table = Table(title=f"{args.recipe} → {out}")
-    table.add_column("stage")
-    for h in _RUN_COLUMNS:
-        table.add_column(h, justify="right")
-    for row in rows:
-        table.add_row(*[row[i] for i in keep])
-    Console().print(table)
+    print_comparison(result["stages"], title=f"{args.recipe} → {out} (per test sample)")
     if args.quiet:  # otherwise the runner has said it
         print(f"wrote {result['artifact']}, {out / 'metrics.json'} and {result['report']}")
     return 0
-
-
-_RUN_COLUMNS = ("accuracy", "non-zero", "bytes on disk", "SOPs/sample", "L0 energy nJ")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -124,11 +113,20 @@ def evaluate_run(args: argparse.Namespace) -> int:
 
 
 def list_all(args: argparse.Namespace) -> int:
+    import inspect
+
+    from spikecompress.compress import METHODS
     from spikecompress.data import DATASETS
     from spikecompress.models import MODELS
     from spikecompress.snn import ENCODERS, NEURONS, SURROGATES
 
     console = Console()
+    t = Table(title="compression methods")
+    for col in ("name", "class", "file", "paper"):
+        t.add_column(col)
+    for name, cls in METHODS.items():
+        t.add_row(name, cls.__name__, Path(inspect.getfile(cls)).name, getattr(cls, "PAPER", ""))
+    console.print(t)
     for title, table in [
         ("models", MODELS),
         ("datasets", DATASETS),
@@ -146,30 +144,12 @@ def list_all(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
+    """The main job: dense spiking CNN on the embedded digits → gradual magnitude pruning + 4-bit
+    QAT (the shipped ``magnitude_qat`` recipe) → before/after table, artifact and report."""
     ns = argparse.Namespace(
-        model="conv_net",
-        widths=[16, 32, 64],
-        neuron="lif",
-        ann=False,
-        epochs=args.epochs,
-        lr=5e-3,
-        optimizer="adam",
-        loss="ce",
-        seed=0,
-        threads=args.threads,
-        device="cpu",
-        amp=False,
-        checkpoint_every=0,
-        quiet=False,
-        data="digits",
-        T=4,
-        batch_size=64,
-        encoding="direct",
-        root=None,
-        limit=None,
-        out=args.out,
+        recipe="magnitude_qat", set=[], out=args.out, threads=args.threads, quiet=False
     )
-    return train(ns)
+    return run_recipe(ns)
 
 
 def _model_and_data_config(path: Path, data_name: str | None, T: int | None):

@@ -93,6 +93,7 @@ def test_session_rejects_invalid_combinations_and_double_finalize():
 def test_methods_table_is_literal_and_named():
     for name, cls in METHODS.items():
         assert cls.NAME == name and cls.KIND in ("channels", "masks", "quant", "time", "loss")
+        assert cls.PAPER  # `spikecompress list` shows it
 
 
 def test_bad_hyper_parameters_name_the_field():

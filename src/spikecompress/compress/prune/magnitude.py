@@ -30,6 +30,7 @@ class MagnitudePruning:
     """
 
     NAME: ClassVar[str] = "magnitude"
+    PAPER: ClassVar[str] = "Han et al., NeurIPS 2015; Zhu & Gupta, ICLR-W 2018"
     KIND: ClassVar[str] = "masks"
 
     sparsity: float = 0.8

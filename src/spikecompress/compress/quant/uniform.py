@@ -44,6 +44,7 @@ class UniformQuantization:
     """
 
     NAME: ClassVar[str] = "uniform_quant"
+    PAPER: ClassVar[str] = "QAT with a straight-through estimator (Bengio et al. 2013)"
     KIND: ClassVar[str] = "quant"
 
     weight_bits: int = 4

@@ -159,6 +159,7 @@ class WeightSharing:
     """
 
     NAME: ClassVar[str] = "weight_sharing"
+    PAPER: ClassVar[str] = "Han, Mao & Dally, ICLR 2016 (Deep Compression); ST-Quant"
     KIND: ClassVar[str] = "quant"
 
     clusters: int = 16
