@@ -26,11 +26,15 @@ from spikecompress.export import save, size_bytes
 from spikecompress.models import from_spec
 from spikecompress.train import TrainConfig, Trainer, evaluate, seed_everything, set_threads
 
+KEEP_DENSE = ["features.0.conv", "classifier.fc"]
 VARIANTS = (
     [(f"one-shot magnitude {s:.0%}", "magnitude", dict(sparsity=s, schedule="constant"))
      for s in (0.8, 0.9, 0.95, 0.98)]
     + [(f"gradual magnitude {s:.0%}", "magnitude", dict(sparsity=s, schedule="cubic", until=0.67))
        for s in (0.8, 0.9, 0.95, 0.98)]
+    + [(f"gradual magnitude {s:.0%}, first conv + classifier dense", "magnitude",
+        dict(sparsity=s, schedule="cubic", until=0.67, exclude=KEEP_DENSE))
+       for s in (0.9, 0.95, 0.98)]
     + [(f"uniform QAT {b} bit", "uniform_quant", dict(weight_bits=b)) for b in (8, 4, 3, 2)]
     + [(f"k-means {k} clusters", "weight_sharing", dict(clusters=k)) for k in (32, 16, 8, 4)]
 )
