@@ -1,5 +1,6 @@
 """count(): exact SOPs / MACs / dense MACs against brute-force loops, and its contract."""
 
+import copy
 import itertools
 import json
 
@@ -274,3 +275,37 @@ def test_string_and_copying_padding_match_the_mask_convolution(geometry):
         conv.weight.copy_(ones)
         dense = int(conv(torch.ones_like(x.flatten(0, 1))).sum())
     assert (c.sops, c.dense_macs) == (exact, dense)
+
+
+def test_counting_again_follows_weight_masks_and_geometry():
+    """A cache shared across count() calls keeps reach maps: pruning in place (``.data`` too,
+    or a mask parametrization) or a new stride must still give a never-counted copy's counts."""
+    from spikecompress.compress.prune.masks import set_mask_
+
+    torch.manual_seed(0)
+    model = build("conv_net", in_channels=1, input_size=8, classes=10, widths=[4, 8])
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.uniform_(-0.5, 1.0)  # active enough that every layer sees spikes
+    x = torch.rand(2, 3, 1, 8, 8) * 2
+    conv0, conv1 = model.features[0].conv, model.features[1].conv
+    cache: dict = {}
+    first = count(model, x, cache=cache)
+    fresh = count(copy.deepcopy(model), x).to_dict()
+    assert count(model, x, cache=cache).to_dict() == first.to_dict() == fresh
+    conv1.weight.data[:, :2] = 0.0  # no version bump
+    set_mask_(conv0, (torch.rand_like(conv0.weight) < 0.5).float())
+    pruned = count(model, x, cache=cache)
+    assert pruned.to_dict() == count(copy.deepcopy(model), x).to_dict()
+    assert pruned.layers["features.1.conv"].sops < first.layers["features.1.conv"].sops
+    set_mask_(conv0, (torch.rand_like(conv0.weight) < 0.5).float())  # updated in place
+    assert count(model, x, cache=cache).to_dict() == count(copy.deepcopy(model), x).to_dict()
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    conv, xs = snn.Conv1d(2, 3, 3, padding=1), _spikes(2, 2, 2, 9)
+    _prune_(conv)
+    assert count(conv, xs, cache=cache).sops == _brute_conv(xs, conv.weight, (1,), (1,), (1,), 1)[0]
+    conv.stride = (2,)
+    ops, dense = _brute_conv(xs, conv.weight, (2,), (1,), (1,), 1)
+    again = count(conv, xs, cache=cache)
+    assert (again.sops, again.dense_macs) == (ops, dense)

@@ -21,13 +21,12 @@ Definitions (specs/quant-kd.md §5.1, specs/pruning.md §1.3):
 Counting is exact: a layer's input is reduced to its non-zero count per position (over time and
 batch; a float sum of 0/1 values is exact below 2**24 in float32, int64 beyond), then dotted in
 int64 with the layer's *reach map*: how many (non-zero weight, output position) pairs each input
-position feeds, a transposed convolution of ones done once per call in float64.
+position feeds, a transposed convolution of ones in float64, redone when the weight mask changes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,8 +40,7 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _SYNAPTIC = (*_CONVS, nn.Linear)
 _KIND_ORDER = {"binary": 0, "ternary": 1, "real": 2}
 _TOTALS = ("sops", "macs", "dense_macs", "spikes", "neuron_updates")
-_CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input,
-                    3: torch.nn.grad.conv3d_input}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 @dataclass
@@ -141,13 +139,15 @@ def _exact_limit(dtype: torch.dtype) -> int:
 
 @dataclass
 class _Context:
-    """What the hooks of one ``count`` call share, and one reusable scratch buffer (allocating
-    input-sized temporaries costs more than the reductions themselves)."""
+    """What one ``count`` call's hooks share: synaptic calls to count after the forward, the
+    reach-map cache, a scratch buffer (input-sized temporaries cost more than the reductions)."""
 
     time_steps: int
     count_zero_weights: bool
     static_input_once: bool
+    cache: dict  # layer -> {geometry key: (mask, reach)}, owned by the caller of ``count``
     buf: torch.Tensor | None = None
+    calls: list = field(default_factory=list)  # (module, record, input kind, numel, non-zeros)
 
     def scratch(self, x: torch.Tensor) -> torch.Tensor:
         """A buffer with x's shape, dtype and device (contents undefined)."""
@@ -158,11 +158,9 @@ class _Context:
 
 
 def _input_kind(x: torch.Tensor, ctx: _Context) -> str:
-    """Classify x: "binary" (only {0, 1}), "ternary" (only {-1, 0, 1}) or "real".
-
-    For floating x: |x - x²| is 0 exactly for x in {0, 1}, and a float sum of non-negative terms
-    is 0 only when every term is (NaN and inf make it non-zero).
-    """
+    """Classify x: "binary" (only {0, 1}), "ternary" (only {-1, 0, 1}) or "real". For floating x:
+    |x - x²| is 0 exactly for x in {0, 1}, and a float sum of non-negative terms is 0 only when
+    every term is (NaN and inf make it non-zero)."""
     if x.dtype == torch.bool:
         return "binary"
     if not x.is_floating_point():
@@ -177,12 +175,9 @@ def _input_kind(x: torch.Tensor, ctx: _Context) -> str:
 
 
 def _nonzero_per_position(x: torch.Tensor, kind: str, sample_dims: int, ctx: _Context):
-    """x [..., *sample] → int64 [*sample]: non-zero entries per position over the leading
-    (time and batch) dimensions.
-
-    A float sum of 0/1 values is exact while the count stays below 2**(mantissa bits + 1) (2**24
-    for float32); beyond that, and for other dtypes, the sum is taken in int64.
-    """
+    """x [..., *sample] → [*sample]: non-zero entries per position over the leading (time and
+    batch) dimensions. A float sum of 0/1 values is exact while the count stays below
+    2**(mantissa bits + 1) (2**24 for float32), returned in x's dtype; beyond, summed in int64."""
     lead = tuple(range(x.dim() - sample_dims))
     if not x.is_floating_point():
         return torch.count_nonzero(x, dim=lead)
@@ -193,7 +188,7 @@ def _nonzero_per_position(x: torch.Tensor, kind: str, sample_dims: int, ctx: _Co
         torch.ne(x, 0, out=ind)
     rows = math.prod(x.shape[: len(lead)])
     if rows < _exact_limit(x.dtype):
-        return ind.sum(dim=lead).to(torch.int64)
+        return ind.sum(dim=lead)
     return ind.sum(dim=lead, dtype=torch.int64)
 
 
@@ -209,94 +204,97 @@ def _first_step_if_static(x: torch.Tensor, time_steps: int, sample_dims: int) ->
 
 
 def _padded(conv: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Apply the conv's own padding to a map a [1, C, *S] when the conv would not pad with zeros
-    itself ('same' / 'valid' strings, reflect / replicate / circular modes); returns
-    (the map as the kernel sees it, the padding left for the convolution)."""
-    nd = a.dim() - 2
+    """Pad a map a [1, C, *S] as the conv would when it pads other than with zeros ('same',
+    'valid', reflect...): (the map as the kernel sees it, the padding left for the conv)."""
     if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
         return a, tuple(conv.padding)
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    return F.pad(a, conv._reversed_padding_repeated_twice, mode=mode), (0,) * nd
+    return F.pad(a, conv._reversed_padding_repeated_twice, mode=mode), (0,) * (a.dim() - 2)
 
 
-def _conv_reach(conv: nn.Module, sample_shape: tuple[int, ...], count_zero_weights: bool):
-    """Reach map and dense MACs of one conv for inputs of one sample's shape [C, *S].
-
-    Returns (reach [C, *S'] int64 over the padded grid: for each input position, the number of
-    (non-zero weight, output position) pairs it feeds, computed in float64, exact for these small
-    integers; the padding left for the count map; dense MACs per sample). The dense count is
-    separable: C_out · C_in/groups · Π over dims of the in-bounds (output, tap) pairs.
-    """
-    w = conv.weight.detach()
-    f64 = {"dtype": torch.float64, "device": w.device if w.device.type != "mps" else "cpu"}
-    ones_p, pad = _padded(conv, torch.ones(1, 1, *sample_shape[1:], **f64))  # [1, 1, *S']
-    dense, out = conv.out_channels * (conv.in_channels // conv.groups), []
-    for dim, (p, d, k, st) in enumerate(zip(pad, conv.dilation, conv.kernel_size, conv.stride,
-                                            strict=True)):
-        side = ones_p[0, 0].movedim(dim, 0)
-        real = side.reshape(len(side), -1).amax(1).tolist()  # 1 = an input there, 0 = padding
-        out.append((len(real) + 2 * p - d * (k - 1) - 1) // st + 1)
-        taps = (o * st + j * d - p for o in range(out[-1]) for j in range(k))
-        dense *= int(sum(real[i] for i in taps if 0 <= i < len(real)))
-    kernel = torch.ones(w.shape, **f64) if count_zero_weights else (w != 0).to(**f64)
-    grad_out = torch.ones(1, conv.out_channels, *out, **f64)  # [1, C_out, *S_out]
-    grid = (1, sample_shape[0], *ones_p.shape[2:])  # [1, C, *S']
-    reach = _CONV_INPUT_GRAD[len(out)](grid, kernel, grad_out, conv.stride, pad, conv.dilation,
-                                       conv.groups)[0]  # [C, *S'] float64
-    return reach.round().to(torch.int64), pad, dense
+def _conv_reach(conv: nn.Module, sample_shape: tuple[int, ...], mask: torch.Tensor, zero_w: bool):
+    """(reach [C, *S'] int64 over the padded grid: for each input position, the number of
+    (non-zero weight, output position) pairs it feeds; dense MACs per sample) of one conv for
+    inputs of one sample's shape [C, *S]. Transposed convs of ones in float64 (exact for these
+    integers): with the weight ``mask`` summed over each group's output channels (they all reach
+    the same inputs), and with a ones kernel for the dense count (C_out · C_in/groups · the
+    in-bounds (output, tap) pairs over the real inputs)."""
+    g, st, d, k = conv.groups, conv.stride, conv.dilation, conv.kernel_size
+    f64 = {"dtype": torch.float64, "device": mask.device if mask.device.type != "mps" else "cpu"}
+    real, pad = _padded(conv, torch.ones(1, 1, *sample_shape[1:], **f64))  # 1: input, 0: padding
+    span = [(n + 2 * p - dd * (kk - 1) - 1, s)  # (outputs - 1) · stride + remainder, stride
+            for n, p, dd, kk, s in zip(real.shape[2:], pad, d, k, st, strict=True)]
+    out, extra = [q // s + 1 for q, s in span], [q % s for q, s in span]  # extra: output padding
+    kernel = torch.ones(mask.shape, **f64) if zero_w else mask.to(**f64)
+    kernel = kernel.view(g, -1, *mask.shape[1:]).sum(1)  # [g, C/g, *K]
+    ones, conv_t = torch.ones(1, g, *out, **f64), _CONV_T[len(out)]
+    reach = conv_t(ones, kernel, None, st, pad, extra, g, d)[0]  # [C, *S'] float64
+    taps = conv_t(ones[:, :1], torch.ones(1, 1, *k, **f64), None, st, pad, extra, 1, d)
+    dense = conv.out_channels * (conv.in_channels // g) * int((taps * real).sum())
+    return reach.to(torch.int64), dense
 
 
-def _conv_counts(conv: nn.Module, nonzero: torch.Tensor, rows: int, cache: dict, zero_w: bool):
-    """(ops, dense MACs) of one call of a conv whose input has ``nonzero`` [C, *S] non-zero
-    entries per position over its ``rows`` samples and steps; ops = (non-zero input, non-zero
-    weight) pairs summed."""
-    shape = tuple(nonzero.shape)
-    if shape not in cache:
-        cache[shape] = _conv_reach(conv, shape, zero_w)
-    reach, pad, dense = cache[shape]
-    if reach.shape != nonzero.shape:  # the conv pads by copying (reflect...) or unevenly
-        nonzero = _padded(conv, nonzero[None].to(torch.float64))[0][0].round().to(torch.int64)
-    return int((nonzero.to(reach.device) * reach).sum()), dense * rows
-
-
-def _linear_counts(linear: nn.Linear, nonzero: torch.Tensor, rows: int, zero_w: bool):
-    """(ops, dense MACs) of one call of a linear layer whose input has ``nonzero`` [F]
-    non-zero entries per feature over its ``rows`` samples and steps."""
-    if zero_w:
-        ops = int(nonzero.sum()) * linear.out_features
-    else:
-        fan_out = torch.count_nonzero(linear.weight.detach(), dim=0)  # [F] non-zero weights
-        ops = int((nonzero * fan_out.to(nonzero.device)).sum())
-    return ops, rows * linear.in_features * linear.out_features
+def _reach(layer: nn.Module, shape: tuple, mask: torch.Tensor, zero_w: bool, cache: dict):
+    """(reach map, dense MACs per sample) of a conv / linear layer (whose reach is the
+    non-zero weights per input feature) for inputs of one sample's ``shape``. Kept from earlier
+    calls while the layer's geometry and weight mask are unchanged (compared in full)."""
+    key = (shape, zero_w, str(mask.device), tuple(mask.shape), str([getattr(layer, a, None) for a in
+           ("stride", "padding", "dilation", "groups", "padding_mode")]))
+    entries = cache.get(layer, {})
+    if key in entries and torch.equal(entries[key][0], mask):
+        return entries[key][1]
+    if isinstance(layer, _CONVS):
+        value = _conv_reach(layer, shape, mask, zero_w)
+    else:  # linear: mask [out, in]
+        fan_out = mask.sum(0) if not zero_w else torch.full(shape, mask.shape[0], dtype=torch.int64)
+        value = (fan_out, mask.numel())
+    cache[layer] = {**(entries if len(entries) < 8 else {}), key: (mask, value)}  # a few shapes
+    return value
 
 
 def _synaptic_hook(rec: LayerCounts, ctx: _Context):
-    """Forward hook of a conv / linear layer: classify the input, count, add to ``rec``."""
-    cache: dict = {}
+    """Forward pre-hook of a conv / linear layer: classify its input and reduce it to non-zero
+    entries per position (while it is in cache); ``_count_calls`` counts after the forward."""
 
-    def hook(module: nn.Module, inputs: tuple, output) -> None:
+    def hook(module: nn.Module, inputs: tuple) -> None:
         if not inputs or not isinstance(inputs[0], torch.Tensor):
             return
         x = inputs[0].detach()
-        is_conv = isinstance(module, _CONVS)
-        sample_dims = len(module.kernel_size) + 1 if is_conv else 1
+        sample_dims = len(module.kernel_size) + 1 if isinstance(module, _CONVS) else 1
         if ctx.static_input_once:
             x = _first_step_if_static(x, ctx.time_steps, sample_dims)
         kind = _input_kind(x, ctx)
         nonzero = _nonzero_per_position(x, kind, sample_dims, ctx)
-        rows = x.numel() // max(1, nonzero.numel())
-        if is_conv:
-            ops, dense = _conv_counts(module, nonzero, rows, cache, ctx.count_zero_weights)
-        else:
-            ops, dense = _linear_counts(module, nonzero, rows, ctx.count_zero_weights)
-        rec.macs += ops if kind == "real" else 0
-        rec.sops += 0 if kind == "real" else ops
-        rec.dense_macs += dense
-        rec.input_elements += x.numel()  # memory traffic of the input (L1 energy)
-        if rec.input_kind is None or _KIND_ORDER[kind] > _KIND_ORDER[rec.input_kind]:
-            rec.input_kind = kind
+        ctx.calls.append((module, rec, kind, x.numel(), nonzero))
 
     return hook
+
+
+def _count_calls(ctx: _Context, synaptic: dict[nn.Module, LayerCounts]) -> list[list[int]]:
+    """After the forward: fill the synaptic records' parameters from the weights it used (masks
+    applied), count the recorded calls; returns the weights' [numel, non-zero count]."""
+    masks, weights = {}, []
+    for m, rec in synaptic.items():
+        masks[m] = m.weight.detach().to(torch.bool)  # bool: non-zero (faster than count_nonzero)
+        weights.append([masks[m].numel(), int(torch.count_nonzero(masks[m]))])
+        b = (m.bias if m.bias is not None else torch.zeros(0)).detach().to(torch.bool)
+        rec.params, rec.params_nonzero = weights[-1][0] + b.numel(), weights[-1][1] + int(b.sum())
+    for module, rec, kind, numel, nonzero in ctx.calls:
+        nonzero = nonzero.to(torch.int64)
+        rows = numel // max(1, nonzero.numel())
+        reach, dense = _reach(
+            module, tuple(nonzero.shape), masks[module], ctx.count_zero_weights, ctx.cache
+        )
+        if reach.shape != nonzero.shape:  # the conv pads by copying (reflect...) or unevenly
+            nonzero = _padded(module, nonzero[None].to(torch.float64))[0][0].round().long()
+        ops = int((nonzero.to(reach.device) * reach).sum())
+        rec.macs += ops if kind == "real" else 0
+        rec.sops += 0 if kind == "real" else ops
+        rec.dense_macs += dense * rows
+        rec.input_elements += numel  # memory traffic of the input (L1 energy)
+        if rec.input_kind is None or _KIND_ORDER[kind] > _KIND_ORDER[rec.input_kind]:
+            rec.input_kind = kind
+    return weights
 
 
 def _neuron_hook(rec: LayerCounts):
@@ -305,55 +303,51 @@ def _neuron_hook(rec: LayerCounts):
     def hook(module: nn.Module, inputs: tuple, output) -> None:
         out = (output[0] if isinstance(output, tuple | list) else output).detach()
         rec.neuron_updates += out.numel()
-        if out.dim() >= 2 and out.is_floating_point():
-            # spikes are 0/1: a row of fewer than _exact_limit sums exactly in its float dtype
-            rows = out.reshape(out.shape[0] * out.shape[1], -1)  # [T, B, ...] -> [T·B, N]
-            if rows.shape[1] < _exact_limit(out.dtype):
-                rec.spikes += int(rows.sum(dim=1).to(torch.int64).sum())
-                return
-        rec.spikes += int(out.sum(dtype=torch.int64))
+        lim = _exact_limit(out.dtype) if out.is_floating_point() else 0
+        # spikes are 0/1: a float sum of fewer than lim of them is exact (all, or per [T·B] row)
+        if out.numel() < lim:
+            rec.spikes += int(out.sum())
+        elif lim and out.dim() >= 2 and math.prod(out.shape[2:]) < lim:
+            rec.spikes += int(out.reshape(out.shape[0] * out.shape[1], -1).sum(1).long().sum())
+        else:
+            rec.spikes += int(out.sum(dtype=torch.int64))
 
     return hook
 
 
-def _register(model: nn.Module, ctx: _Context):
-    """Hook every synaptic and neuron layer; returns (records by name, hook handles)."""
-    layers: dict[str, LayerCounts] = {}
-    handles = []
-    for name, m in model.named_modules():
+def _register(modules: list[tuple[str, nn.Module]], ctx: _Context):
+    """Hook every synaptic and neuron layer; returns (records by name, hooks, synaptic records)."""
+    layers, handles, synaptic = {}, [], {}
+    for name, m in modules:
         if isinstance(m, _SYNAPTIC):
-            params = [t for t in (m.weight, m.bias) if t is not None]  # masks applied
-            rec = LayerCounts(
-                "synaptic", params=sum(p.numel() for p in params),
-                params_nonzero=sum(int(torch.count_nonzero(p)) for p in params),
-            )
-            hook: Callable = _synaptic_hook(rec, ctx)
+            rec = synaptic[m] = LayerCounts("synaptic")
+            handles.append(m.register_forward_pre_hook(_synaptic_hook(rec, ctx)))
         elif is_neuron(m):
             rec = LayerCounts("neuron")
-            hook = _neuron_hook(rec)
+            handles.append(m.register_forward_hook(_neuron_hook(rec)))
         else:
             continue
         layers[name] = rec
-        handles.append(m.register_forward_hook(hook))
-    return layers, handles
+    return layers, handles, synaptic
 
 
-def _model_stats(model: nn.Module) -> dict[str, int]:
-    """Parameter count, footprint bytes (parameters + buffers) and conv / linear weight zeros."""
-    params = list(model.parameters())
-    footprint = sum(t.numel() * t.element_size() for t in (*params, *model.buffers()))
-    weights = [m.weight for m in model.modules() if isinstance(m, _SYNAPTIC)]
+def _model_stats(modules: list[tuple[str, nn.Module]], weights: list[list[int]]) -> dict:
+    """Parameter count, footprint bytes (parameters + buffers, each counted once, as
+    ``model.parameters()`` / ``buffers()``) and conv / linear weight zeros."""
+    params = {id(p): p for _, m in modules for p in m._parameters.values() if p is not None}
+    buffers = {id(b): b for _, m in modules for b in m._buffers.values() if b is not None}
     return {
-        "params": sum(p.numel() for p in params),
-        "footprint_bytes": footprint,
-        "weights": sum(w.numel() for w in weights),
-        "weights_zero": sum(w.numel() - int(torch.count_nonzero(w)) for w in weights),
+        "params": sum(p.numel() for p in params.values()),
+        "footprint_bytes": sum(t.numel() * t.element_size()
+                               for t in (*params.values(), *buffers.values())),
+        "weights": sum(n for n, _ in weights),
+        "weights_zero": sum(n - nnz for n, nnz in weights),
     }
 
 
 def count(
     model: nn.Module, x_seq: torch.Tensor, count_zero_weights: bool = False,
-    static_input_once: bool = False,
+    static_input_once: bool = False, cache: dict | None = None,
 ) -> Counts:
     """Run ``model`` once on ``x_seq`` [T, B, ...] in eval mode and count its operations exactly.
 
@@ -371,29 +365,35 @@ def count(
         static_input_once: a layer whose input is identical at all T steps (a repeated static
             input, e.g. the first conv under direct coding) is counted for one step, not T; its
             ``dense_macs`` too, since the layer is computed once.
+        cache: a dict owned by the caller that keeps connection maps across calls (one per
+            measurement; a map is reused while its layer's mask and geometry are unchanged).
 
-    Returns:
-        ``Counts`` with totals summed over the layers and the per-layer records.
+    Returns ``Counts``: totals summed over the layers, and the per-layer records.
     """
     check_x_seq(x_seq, "[T, B, ...]", min_dim=2)
     time_steps, samples = int(x_seq.shape[0]), int(x_seq.shape[1])
-    modes = {m: m.training for m in model.modules()}
-    ctx = _Context(time_steps, count_zero_weights, static_input_once)
-    layers, handles = _register(model, ctx)
+    modules = list(model.named_modules())
+    modes = [(m, m.training) for _, m in modules]
+    ctx = _Context(time_steps, count_zero_weights, static_input_once,
+                   {} if cache is None else cache)
+    layers, handles, synaptic = _register(modules, ctx)
     try:
         reset_state(model)
-        model.eval()
+        if any(training for _, training in modes):
+            model.eval()
         with torch.no_grad():
             model(x_seq)
+            weights = _count_calls(ctx, synaptic)  # still in eval mode, as the forward ran
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
+        for m, training in modes:
+            if m.training != training:
+                m.training = training
         reset_state(model)
     ran = {k: r for k, r in layers.items() if r.input_kind is not None or r.neuron_updates}
     totals = {key: sum(getattr(r, key) for r in ran.values()) for key in _TOTALS}
     return Counts(
-        **totals, samples=samples, time_steps=time_steps, **_model_stats(model),
+        **totals, samples=samples, time_steps=time_steps, **_model_stats(modules, weights),
         count_zero_weights=count_zero_weights, static_input_once=static_input_once, layers=ran,
     )

@@ -59,9 +59,9 @@ def count_loader(model: nn.Module, loader, static_input_once: bool = False) -> t
     """Exact counts summed over every batch of ``loader``: (totals dict, last batch's Counts)."""
     totals: dict = {k: 0 for k in _SUMMED}
     layers: dict[str, dict] = {}
-    last = None
+    last, cache = None, {}  # connection maps are reused across the batches
     for x_seq, _ in loader:
-        last = count(model, x_seq, static_input_once=static_input_once)
+        last = count(model, x_seq, static_input_once=static_input_once, cache=cache)
         for k in _SUMMED:
             totals[k] += getattr(last, k)
         for name, rec in last.layers.items():
