@@ -32,6 +32,7 @@ from torch import nn
 from spikecompress.atomic import atomic_writer
 from spikecompress.compress.session import attach
 from spikecompress.recipe import Recipe, Stage, dump_yaml, parse_yaml
+from spikecompress.train.checkpoint import atomic_write_json
 
 EFFECTIVE = "recipe.effective.yaml"
 
@@ -66,7 +67,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, verbose: bool = True) -> dic
     final = out / "artifact"
     _copy_artifact(_stage_dir(out, len(recipe.stages) - 1, recipe.stages[-1]) / "artifact", final)
     metrics = results[recipe.stages[-1].name]
-    _write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     md, _ = write_report(results, out / "report")
     say(f"wrote {final}, {out / 'metrics.json'} and {md}")
     return {"stages": results, "metrics": metrics, "artifact": str(final), "report": str(md)}
@@ -117,7 +118,7 @@ def _run_stage(
             "history": fit["history"],
         },
     )
-    _write_json(stage_dir / "metrics.json", metrics)
+    atomic_write_json(stage_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -222,12 +223,6 @@ def _copy_artifact(src: Path, dst: Path) -> None:
     for name in (TENSOR_FILE, SPEC_FILE):
         with atomic_writer(dst / name) as f:
             f.write((src / name).read_bytes())
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    from spikecompress.train.checkpoint import atomic_write_json
-
-    atomic_write_json(path, obj)
 
 
 def _summary(m: dict) -> str:

@@ -6,8 +6,7 @@
 Every value is type-checked against its field; unknown keys, wrong types, unknown methods and
 impossible values raise a one-line ``ValueError`` naming the field path (``stages.1.methods.0.
 sparsity``). Method specs are validated by constructing ``METHODS[name](**rest)`` and stored with
-every field resolved, so the effective recipe written next to a run pins all hyper-parameters.
-YAML is read with ``yaml.safe_load`` only; this is the only module that touches YAML.
+every field resolved, so the effective recipe pins all hyper-parameters. YAML: safe_load only.
 """
 
 from __future__ import annotations
