@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from spikecompress import snn
+from spikecompress.compress import Session
 from spikecompress.train import CheckpointError, TrainConfig, Trainer, task_loss
 from spikecompress.train import checkpoint as ckpt
 
@@ -49,10 +50,11 @@ def _model():
     )
 
 
-class _Crash:
+class _Crash(Session):
     """A session whose after_step raises at a given step, as if the process were killed."""
 
     def __init__(self, at_step):
+        super().__init__(nn.Identity(), [])
         self.at_step, self.steps = at_step, 0
 
     def loss(self, x_seq, out_seq):

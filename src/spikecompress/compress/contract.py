@@ -31,7 +31,13 @@ def method_spec(method: object) -> dict:
 
 
 def _train_steps(model: nn.Module, session, data, steps: int) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    groups = session.param_groups()
+    claimed = {id(p) for g in groups for p in g["params"]}
+    rest = [p for p in model.parameters() if id(p) not in claimed]
+    lr = 1e-2
+    extra = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
+    opt = torch.optim.Adam([{"params": rest}, *extra], lr=lr)
+    session.bind(opt, total_steps=steps)
     for step, (x_seq, y) in zip(range(steps), data.train, strict=False):
         out = model(x_seq)
         loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out)

@@ -4,18 +4,25 @@ A method's dataclass fields are its hyper-parameters (the class *is* its config,
 ``__post_init__``); runtime state lives in fields whose names end in ``_``. Every hook is optional:
 
     attach(model, ctx)                 once, before training (add parametrizations, init state)
+    param_groups(model, ctx)           optimizer groups of its own: [{"params", "lr_scale", ...}]
     loss(model, x_seq, out_seq, ctx)   a term added to the task loss at every step
     after_step(model, ctx)             after each optimizer step (schedules run on ctx.progress)
     finalize(model, ctx) -> model      bake the result into a plain module
 
 ``KIND`` (a class attribute) places the method in the Session's fixed finalize order:
 "channels" → "masks" → "quant" → "time"; "loss"-only methods finalize last and change nothing.
+
+Checkpointed state: tensors live either in the model (parametrization parameters and buffers, so
+``model.state_dict()`` carries them) or in runtime fields: a tensor, a list of tensors or a
+str → tensor dict, and JSON scalars (int, float, bool, str, None). ``Session.state_dict`` collects
+those fields and the Trainer saves them with every checkpoint, so a killed run resumes exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -25,12 +32,17 @@ KINDS = ("channels", "masks", "quant", "time", "loss")
 
 @dataclass
 class Context:
-    """Where training is: ``progress`` in [0, 1] over the stage, ``step``, ``epoch``, stage."""
+    """Where training is: ``progress`` in [0, 1] over the stage, ``step`` (optimizer steps taken),
+    ``epoch``, ``stage``; and, once the loop calls ``Session.bind``, its ``optimizer``, the
+    learning rate of every step ``lr_at(step)`` and the stage's ``total_steps`` (None before)."""
 
     progress: float = 0.0
     step: int = 0
     epoch: int = 0
     stage: str = ""
+    optimizer: Any = None
+    lr_at: Callable[[int], float] | None = None
+    total_steps: int | None = None
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spikecompress.compress.method import KINDS, Context, hook, method_name
+from spikecompress.compress.method import KINDS, Context, hook, method_name, runtime_state
 from spikecompress.compress.parametrize import bake_, is_plain
 
 # at most one method of these kinds at once: two would fight over the same weights
@@ -36,6 +36,59 @@ class Session:
         for m in self.methods:
             if (fn := hook(m, "attach")) is not None:
                 fn(model, self.ctx)
+
+    def bind(self, optimizer, lr_at=None, total_steps: int | None = None) -> None:
+        """Tell the methods about the training loop: its optimizer, ``lr_at(step)`` (the learning
+        rate the optimizer uses at each step; default: the first group's current lr, constant)
+        and the number of steps of the stage. Methods that need them (Grad R, LATS) ask for this
+        call by name when it is missing."""
+        if lr_at is None:
+            lr = float(optimizer.param_groups[0]["lr"])
+            lr_at = lambda step: lr  # noqa: E731
+        self.ctx.optimizer, self.ctx.lr_at, self.ctx.total_steps = optimizer, lr_at, total_steps
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer groups the methods ask for (e.g. a mask learning rate), each a dict
+        with ``params`` and an ``lr_scale`` relative to the loop's learning rate."""
+        groups = []
+        for m in self.methods:
+            if (fn := hook(m, "param_groups")) is not None:
+                groups.extend(fn(self.model, self.ctx))
+        return groups
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The methods' runtime state (fields ending in ``_``) as (tensors, JSON scalars), keyed
+        ``"<index>.<field>"``; lists and dicts of tensors are flattened into the tensor keys."""
+        tensors, scalars = {}, {}
+        for i, m in enumerate(self.methods):
+            for name, value in runtime_state(m).items():
+                key = f"{i}.{name}"
+                if isinstance(value, torch.Tensor):
+                    tensors[key] = value.detach()
+                elif _tensor_list(value):
+                    tensors.update({f"{key}.{j}": t.detach() for j, t in enumerate(value)})
+                    scalars[key] = {"list": len(value)}
+                elif _tensor_dict(value):
+                    tensors.update({f"{key}.{k}": t.detach() for k, t in value.items()})
+                    scalars[key] = {"dict": list(value)}
+                elif value is None or isinstance(value, (bool, int, float, str)):
+                    scalars[key] = value
+        return tensors, scalars
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+        """Restore what ``state_dict`` returned (tensors are copied to each field's device)."""
+        for i, m in enumerate(self.methods):
+            for name, value in runtime_state(m).items():
+                key = f"{i}.{name}"
+                if isinstance(value, torch.Tensor) and key in tensors:
+                    setattr(m, name, tensors[key].to(value.device))
+                elif isinstance(scalars.get(key), dict) and "list" in scalars[key]:
+                    n = scalars[key]["list"]
+                    setattr(m, name, [tensors[f"{key}.{j}"] for j in range(n)])
+                elif isinstance(scalars.get(key), dict) and "dict" in scalars[key]:
+                    setattr(m, name, {k: tensors[f"{key}.{k}"] for k in scalars[key]["dict"]})
+                elif key in scalars and not isinstance(scalars[key], dict):
+                    setattr(m, name, scalars[key])
 
     def loss(self, x_seq: torch.Tensor, out_seq: torch.Tensor) -> torch.Tensor:
         """Sum of the methods' loss terms for this step (a zero tensor when none has one)."""
@@ -75,6 +128,16 @@ class Session:
 def attach(model: nn.Module, methods: Sequence[object], stage: str = "") -> Session:
     """Start a compression session on ``model`` (see ``Session``)."""
     return Session(model, methods, stage)
+
+
+def _tensor_list(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, torch.Tensor) for t in value)
+
+
+def _tensor_dict(value: object) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items())
 
 
 def _check(methods: Sequence[object]) -> None:

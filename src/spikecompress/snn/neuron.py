@@ -7,6 +7,12 @@ see them. The membrane potential is explicit state in the attribute ``v`` (never
 forward continues from it when its shape matches the input, and ``reset_state(model)`` clears it.
 With ``record_v=True`` a forward also keeps ``v_seq`` (membrane after reset, [T, B, ...]) and
 ``h_seq`` (charge before firing), detached, for statistics; off, it costs nothing.
+
+Neuron pruning: ``set_spike_mask(neuron, mask)`` gives a neuron a {0, 1} buffer ``spike_mask`` of
+one sample's shape ([C, ...]); the output spikes are multiplied by it at every time step and for
+every sample (the membrane runs as usual; a pruned neuron simply never emits). The buffer is in
+``state_dict`` once set; ``add_spike_masks(model, state)`` re-creates it before loading a state
+dict that has one.
 """
 
 from __future__ import annotations
@@ -59,7 +65,36 @@ def _run(module: nn.Module, x_seq: torch.Tensor, k, a) -> torch.Tensor:
     if module.record_v:
         module.h_seq = h_seq.detach()
         module.v_seq = dynamics.after_reset(module.h_seq, s_seq.detach(), v_th, module.reset)
-    return s_seq
+    return _masked(module, s_seq, x0)
+
+
+def _masked(module: nn.Module, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Spikes s [..., B, C, ...] times the neuron's spike_mask [C, ...] (when it has one)."""
+    mask = module.spike_mask
+    if mask is None:
+        return s
+    if tuple(mask.shape) != tuple(x.shape[1:]):
+        raise ValueError(
+            f"spike_mask has shape {tuple(mask.shape)}, one sample of the input has shape "
+            f"{tuple(x.shape[1:])}"
+        )
+    return s * mask.to(s.dtype)
+
+
+def set_spike_mask(neuron: nn.Module, mask: torch.Tensor | None) -> None:
+    """Give ``neuron`` a {0, 1} ``spike_mask`` of one sample's shape (None removes it)."""
+    if mask is not None:
+        mask = (mask.detach() != 0).to(neuron.v_threshold.dtype).to(neuron.v_threshold.device)
+    neuron.spike_mask = mask
+
+
+def add_spike_masks(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Create the ``spike_mask`` buffers that ``state`` holds (so ``load_state_dict`` fits)."""
+    modules = dict(model.named_modules())
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        if leaf == "spike_mask" and getattr(modules.get(owner), "spike_mask", 0) is None:
+            set_spike_mask(modules[owner], torch.ones_like(value))
 
 
 def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
@@ -70,7 +105,7 @@ def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
     if v is None or v.shape != x.shape:
         v = torch.full_like(x, module.reset.v_c)
     s, module.v, _ = dynamics.step(x, v, k, a, v_th, module.reset, module.surrogate)
-    return s
+    return _masked(module, s, x)
 
 
 def _common_init(module, v_threshold, v_reset, surrogate, detach_reset, record_v) -> None:
@@ -80,6 +115,7 @@ def _common_init(module, v_threshold, v_reset, surrogate, detach_reset, record_v
     )
     module.surrogate = surrogate if surrogate is not None else ATan()
     module.record_v = record_v
+    module.register_buffer("spike_mask", None)
     module.v = None
     module.v_seq = module.h_seq = None
 

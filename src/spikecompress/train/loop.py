@@ -31,12 +31,25 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float):
-    """Adam or SGD (with momentum) over the model's trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    groups: list[dict] = (),
+):
+    """Adam or SGD (with momentum) over the model's trainable parameters.
+
+    ``groups`` are extra parameter groups (a compression method's own, e.g. mask logits with an
+    ``lr_scale``); their parameters leave the default group, which comes first."""
+    claimed = {id(p) for g in groups for p in g["params"]}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
+    extra = [{"lr_scale": 1.0, **g, "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
+    all_groups = [{"params": params, "lr_scale": 1.0}, *extra]
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.Adam(all_groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(all_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def autocast(device: torch.device, amp: bool):

@@ -29,6 +29,14 @@ class SessionLike(Protocol):
 
     def after_step(self, progress: float) -> None: ...
 
+    def bind(self, optimizer, lr_at, total_steps: int) -> None: ...
+
+    def param_groups(self) -> list[dict]: ...
+
+    def state_dict(self) -> tuple[dict, dict]: ...
+
+    def load_state_dict(self, tensors: dict, scalars: dict) -> None: ...
+
 
 class Trainer:
     """Train ``model`` on ``data`` (``spikecompress.data.Data``) following ``cfg``.
@@ -55,10 +63,15 @@ class Trainer:
         self.model = model.to(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
-        self.opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        groups = session.param_groups() if session is not None else []
+        self.opt = make_optimizer(
+            model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, groups
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device.type == "cuda")
         self.steps_per_epoch = len(data.train)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        if session is not None:
+            session.bind(self.opt, self._lr_at, self.total_steps)
         self.step, self.history = 0, []
         self.progress = Progress(enabled=verbose and rank == 0)
 
@@ -70,6 +83,10 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(opt_tensors)
         tensors.update(rng_state())
+        session_scalars = None
+        if self.session is not None:
+            session_tensors, session_scalars = self.session.state_dict()
+            tensors.update({f"session.{k}": v for k, v in session_tensors.items()})
         meta = {
             **self.meta,
             "epoch": self.step // self.steps_per_epoch if self.steps_per_epoch else 0,
@@ -78,6 +95,7 @@ class Trainer:
             "history": self.history,
             "optimizer": opt_meta,
             "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+            "session": session_scalars,
         }
         ckpt.save_checkpoint(self.out_dir, tensors, meta)
 
@@ -94,6 +112,10 @@ class Trainer:
             raise ckpt.CheckpointError(msg) from None
         self.opt.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
         set_rng_state(tensors)
+        if self.session is not None and meta.get("session") is not None:
+            prefix = len("session.")
+            session_tensors = {k[prefix:]: v for k, v in tensors.items() if k.startswith("session.")}
+            self.session.load_state_dict(session_tensors, meta["session"])
         if meta.get("grad_scale") and self.scaler.is_enabled():
             self.scaler.update(meta["grad_scale"])
         self.step, self.history = meta["step"], meta["history"]
@@ -101,8 +123,9 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _train_step(self, x_seq: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        lr = self._lr_at(self.step)
         for g in self.opt.param_groups:
-            g["lr"] = self._lr()
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         with autocast(self.device, self.cfg.amp):
             out_seq = self.model(x_seq)  # [T, B, classes]
             loss = task_loss(out_seq, y, self.cfg.loss)
@@ -119,10 +142,11 @@ class Trainer:
         acc = (out_seq.detach().float().mean(0).argmax(1) == y).float().mean().item()
         return loss.item(), acc
 
-    def _lr(self) -> float:
+    def _lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (a pure function of it)."""
         if self.cfg.schedule == "constant":
             return self.cfg.lr
-        return cosine_lr(self.cfg.lr, self.step, self.total_steps)
+        return cosine_lr(self.cfg.lr, step, self.total_steps)
 
     def _run_epoch(self, epoch: int) -> dict:
         loader = self.data.train
