@@ -37,7 +37,7 @@ def _train_steps(model: nn.Module, session, data, steps: int) -> None:
     lr = 1e-2
     extra = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
     opt = torch.optim.Adam([{"params": rest}, *extra], lr=lr)
-    session.bind(opt, total_steps=steps)
+    session.bind(opt, total_steps=steps, steps_per_epoch=steps)
     for step, (x_seq, y) in zip(range(steps), data.train, strict=False):
         out = model(x_seq)
         loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out)

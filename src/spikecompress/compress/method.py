@@ -34,7 +34,8 @@ KINDS = ("channels", "masks", "quant", "time", "loss")
 class Context:
     """Where training is: ``progress`` in [0, 1] over the stage, ``step`` (optimizer steps taken),
     ``epoch``, ``stage``; and, once the loop calls ``Session.bind``, its ``optimizer``, the
-    learning rate of every step ``lr_at(step)`` and the stage's ``total_steps`` (None before)."""
+    learning rate of every step ``lr_at(step)``, the stage's ``total_steps`` and ``steps_per_epoch``
+    (None before)."""
 
     progress: float = 0.0
     step: int = 0
@@ -43,6 +44,7 @@ class Context:
     optimizer: Any = None
     lr_at: Callable[[int], float] | None = None
     total_steps: int | None = None
+    steps_per_epoch: int | None = None
 
 
 @runtime_checkable

@@ -37,15 +37,23 @@ class Session:
             if (fn := hook(m, "attach")) is not None:
                 fn(model, self.ctx)
 
-    def bind(self, optimizer, lr_at=None, total_steps: int | None = None) -> None:
+    def bind(
+        self,
+        optimizer,
+        lr_at=None,
+        total_steps: int | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> None:
         """Tell the methods about the training loop: its optimizer, ``lr_at(step)`` (the learning
-        rate the optimizer uses at each step; default: the first group's current lr, constant)
-        and the number of steps of the stage. Methods that need them (Grad R, LATS) ask for this
-        call by name when it is missing."""
+        rate the optimizer uses at each step; default: the first group's current lr, constant),
+        the number of steps of the stage and of one epoch. Methods that need them (Grad R, LATS,
+        ADMM) ask for this call by name when it is missing."""
         if lr_at is None:
             lr = float(optimizer.param_groups[0]["lr"])
             lr_at = lambda step: lr  # noqa: E731
-        self.ctx.optimizer, self.ctx.lr_at, self.ctx.total_steps = optimizer, lr_at, total_steps
+        ctx = self.ctx
+        ctx.optimizer, ctx.lr_at, ctx.total_steps = optimizer, lr_at, total_steps
+        ctx.steps_per_epoch = steps_per_epoch
 
     def param_groups(self) -> list[dict]:
         """The optimizer groups the methods ask for (e.g. a mask learning rate), each a dict

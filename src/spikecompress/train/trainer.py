@@ -71,7 +71,7 @@ class Trainer:
         self.steps_per_epoch = len(data.train)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if session is not None:
-            session.bind(self.opt, self._lr_at, self.total_steps)
+            session.bind(self.opt, self._lr_at, self.total_steps, self.steps_per_epoch)
         self.step, self.history = 0, []
         self.progress = Progress(enabled=verbose and rank == 0)
 
@@ -137,7 +137,10 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         if self.session is not None:
-            self.session.after_step(progress=self.step / max(self.total_steps, 1))
+            self.session.after_step(
+                progress=self.step / max(self.total_steps, 1),
+                epoch=(self.step - 1) // max(self.steps_per_epoch, 1),
+            )
         reset_state(self.model)
         acc = (out_seq.detach().float().mean(0).argmax(1) == y).float().mean().item()
         return loss.item(), acc
