@@ -30,17 +30,14 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from spikecompress.measure.reach import CONVS, SYNAPTIC, alive_outputs, padded, reach_map
 from spikecompress.measure.spikes import is_neuron
 from spikecompress.snn.layers import check_x_seq, reset_state
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_SYNAPTIC = (*_CONVS, nn.Linear)
 _KIND_ORDER = {"binary": 0, "ternary": 1, "real": 2}
 _TOTALS = ("sops", "macs", "dense_macs", "spikes", "neuron_updates")
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 @dataclass
@@ -146,6 +143,7 @@ class _Context:
     count_zero_weights: bool
     static_input_once: bool
     cache: dict  # layer -> {geometry key: (mask, reach)}, owned by the caller of ``count``
+    alive: dict = field(default_factory=dict)  # synaptic layer -> spike mask of its target
     buf: torch.Tensor | None = None
     calls: list = field(default_factory=list)  # (module, record, input kind, numel, non-zeros)
 
@@ -203,55 +201,6 @@ def _first_step_if_static(x: torch.Tensor, time_steps: int, sample_dims: int) ->
     return x_seq[0] if bool((x_seq[1:] == x_seq[:1]).all()) else x
 
 
-def _padded(conv: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Pad a map a [1, C, *S] as the conv would when it pads other than with zeros ('same',
-    'valid', reflect...): (the map as the kernel sees it, the padding left for the conv)."""
-    if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-        return a, tuple(conv.padding)
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    return F.pad(a, conv._reversed_padding_repeated_twice, mode=mode), (0,) * (a.dim() - 2)
-
-
-def _conv_reach(conv: nn.Module, sample_shape: tuple[int, ...], mask: torch.Tensor, zero_w: bool):
-    """(reach [C, *S'] int64 over the padded grid: for each input position, the number of
-    (non-zero weight, output position) pairs it feeds; dense MACs per sample) of one conv for
-    inputs of one sample's shape [C, *S]. Transposed convs of ones in float64 (exact for these
-    integers): with the weight ``mask`` summed over each group's output channels (they all reach
-    the same inputs), and with a ones kernel for the dense count (C_out · C_in/groups · the
-    in-bounds (output, tap) pairs over the real inputs)."""
-    g, st, d, k = conv.groups, conv.stride, conv.dilation, conv.kernel_size
-    f64 = {"dtype": torch.float64, "device": mask.device if mask.device.type != "mps" else "cpu"}
-    real, pad = _padded(conv, torch.ones(1, 1, *sample_shape[1:], **f64))  # 1: input, 0: padding
-    span = [(n + 2 * p - dd * (kk - 1) - 1, s)  # (outputs - 1) · stride + remainder, stride
-            for n, p, dd, kk, s in zip(real.shape[2:], pad, d, k, st, strict=True)]
-    out, extra = [q // s + 1 for q, s in span], [q % s for q, s in span]  # extra: output padding
-    kernel = torch.ones(mask.shape, **f64) if zero_w else mask.to(**f64)
-    kernel = kernel.view(g, -1, *mask.shape[1:]).sum(1)  # [g, C/g, *K]
-    ones, conv_t = torch.ones(1, g, *out, **f64), _CONV_T[len(out)]
-    reach = conv_t(ones, kernel, None, st, pad, extra, g, d)[0]  # [C, *S'] float64
-    taps = conv_t(ones[:, :1], torch.ones(1, 1, *k, **f64), None, st, pad, extra, 1, d)
-    dense = conv.out_channels * (conv.in_channels // g) * int((taps * real).sum())
-    return reach.to(torch.int64), dense
-
-
-def _reach(layer: nn.Module, shape: tuple, mask: torch.Tensor, zero_w: bool, cache: dict):
-    """(reach map, dense MACs per sample) of a conv / linear layer (whose reach is the
-    non-zero weights per input feature) for inputs of one sample's ``shape``. Kept from earlier
-    calls while the layer's geometry and weight mask are unchanged (compared in full)."""
-    key = (shape, zero_w, str(mask.device), tuple(mask.shape), str([getattr(layer, a, None) for a in
-           ("stride", "padding", "dilation", "groups", "padding_mode")]))
-    entries = cache.get(layer, {})
-    if key in entries and torch.equal(entries[key][0], mask):
-        return entries[key][1]
-    if isinstance(layer, _CONVS):
-        value = _conv_reach(layer, shape, mask, zero_w)
-    else:  # linear: mask [out, in]
-        fan_out = mask.sum(0) if not zero_w else torch.full(shape, mask.shape[0], dtype=torch.int64)
-        value = (fan_out, mask.numel())
-    cache[layer] = {**(entries if len(entries) < 8 else {}), key: (mask, value)}  # a few shapes
-    return value
-
-
 def _synaptic_hook(rec: LayerCounts, ctx: _Context):
     """Forward pre-hook of a conv / linear layer: classify its input and reduce it to non-zero
     entries per position (while it is in cache); ``_count_calls`` counts after the forward."""
@@ -260,7 +209,7 @@ def _synaptic_hook(rec: LayerCounts, ctx: _Context):
         if not inputs or not isinstance(inputs[0], torch.Tensor):
             return
         x = inputs[0].detach()
-        sample_dims = len(module.kernel_size) + 1 if isinstance(module, _CONVS) else 1
+        sample_dims = len(module.kernel_size) + 1 if isinstance(module, CONVS) else 1
         if ctx.static_input_once:
             x = _first_step_if_static(x, ctx.time_steps, sample_dims)
         kind = _input_kind(x, ctx)
@@ -282,11 +231,10 @@ def _count_calls(ctx: _Context, synaptic: dict[nn.Module, LayerCounts]) -> list[
     for module, rec, kind, numel, nonzero in ctx.calls:
         nonzero = nonzero.to(torch.int64)
         rows = numel // max(1, nonzero.numel())
-        reach, dense = _reach(
-            module, tuple(nonzero.shape), masks[module], ctx.count_zero_weights, ctx.cache
-        )
+        reach, dense = reach_map(module, tuple(nonzero.shape), masks[module],
+                                 ctx.count_zero_weights, ctx.cache, ctx.alive.get(module))
         if reach.shape != nonzero.shape:  # the conv pads by copying (reflect...) or unevenly
-            nonzero = _padded(module, nonzero[None].to(torch.float64))[0][0].round().long()
+            nonzero = padded(module, nonzero[None].to(torch.float64))[0][0].round().long()
         ops = int((nonzero.to(reach.device) * reach).sum())
         rec.macs += ops if kind == "real" else 0
         rec.sops += 0 if kind == "real" else ops
@@ -319,7 +267,7 @@ def _register(modules: list[tuple[str, nn.Module]], ctx: _Context):
     """Hook every synaptic and neuron layer; returns (records by name, hooks, synaptic records)."""
     layers, handles, synaptic = {}, [], {}
     for name, m in modules:
-        if isinstance(m, _SYNAPTIC):
+        if isinstance(m, SYNAPTIC):
             rec = synaptic[m] = LayerCounts("synaptic")
             handles.append(m.register_forward_pre_hook(_synaptic_hook(rec, ctx)))
         elif is_neuron(m):
@@ -376,6 +324,7 @@ def count(
     modes = [(m, m.training) for _, m in modules]
     ctx = _Context(time_steps, count_zero_weights, static_input_once,
                    {} if cache is None else cache)
+    ctx.alive = alive_outputs(modules)
     layers, handles, synaptic = _register(modules, ctx)
     try:
         reset_state(model)

@@ -113,9 +113,9 @@ class Trainer:
         self.opt.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
         set_rng_state(tensors)
         if self.session is not None and meta.get("session") is not None:
-            prefix = len("session.")
-            session_tensors = {k[prefix:]: v for k, v in tensors.items() if k.startswith("session.")}
-            self.session.load_state_dict(session_tensors, meta["session"])
+            n = len("session.")
+            saved = {k[n:]: v for k, v in tensors.items() if k.startswith("session.")}
+            self.session.load_state_dict(saved, meta["session"])
         if meta.get("grad_scale") and self.scaler.is_enabled():
             self.scaler.update(meta["grad_scale"])
         self.step, self.history = meta["step"], meta["history"]
