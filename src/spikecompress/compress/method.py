@@ -20,6 +20,7 @@ those fields and the Trainer saves them with every checkpoint, so a killed run r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -71,8 +72,13 @@ def method_name(method: object) -> str:
 
 
 def runtime_state(method: object) -> dict:
-    """The method's runtime fields (names ending in ``_``) for checkpoints and inspection."""
-    return {k: v for k, v in vars(method).items() if k.endswith("_") and not k.startswith("_")}
+    """The method's runtime fields (names ending in ``_``) for checkpoints and inspection: the
+    dataclass fields (also those still at a class-level default) and any other such attribute."""
+    names = set(vars(method))
+    if dataclasses.is_dataclass(method):
+        names |= {f.name for f in dataclasses.fields(method)}
+    keep = sorted(k for k in names if k.endswith("_") and not k.startswith("_"))
+    return {k: getattr(method, k) for k in keep}
 
 
 def model_device(model: nn.Module) -> torch.device:

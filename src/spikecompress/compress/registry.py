@@ -3,12 +3,14 @@
 Adding a method touches two places: its own file and this table; the contract test picks it up.
 """
 
+from spikecompress.compress.prune.esl import ESLSNN
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 
 METHODS = {
     "magnitude": MagnitudePruning,
+    "esl": ESLSNN,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,
 }

@@ -18,11 +18,13 @@ from spikecompress.measure.energy import (
 )
 from spikecompress.measure.latency import latency_ms
 from spikecompress.measure.metrics import Metrics, measure
+from spikecompress.measure.sparsity import connectivity, neuron_sparsity, weight_sparsity
 from spikecompress.measure.spikes import SpikeMonitor, is_neuron
 
 __all__ = [
     "PROFILES", "Counts", "EnergyProfile", "LayerCounts", "SpikeMonitor", "ann_energy_pj", "count",
-    "energy_pj", "get_profile", "is_neuron", "latency_ms", "Metrics", "measure",
+    "connectivity", "energy_pj", "get_profile", "is_neuron", "latency_ms", "Metrics", "measure",
+    "neuron_sparsity", "weight_sparsity",
 ]
 
 

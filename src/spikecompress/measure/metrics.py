@@ -19,6 +19,7 @@ from spikecompress.export import read_spec, save, size_bytes
 from spikecompress.measure.counters import Counts, count
 from spikecompress.measure.energy import ann_energy_pj, energy_pj, get_profile
 from spikecompress.measure.latency import latency_ms
+from spikecompress.measure.sparsity import connectivity, neuron_sparsity, weight_sparsity
 
 _SUMMED = ("sops", "macs", "dense_macs", "spikes", "neuron_updates", "samples")
 _LAYER_SUMMED = ("sops", "macs", "dense_macs", "spikes", "neuron_updates", "input_elements")
@@ -39,6 +40,7 @@ class Metrics:
     sops_per_sample: float
     macs_per_sample: float
     dense_macs_per_sample: float
+    sparsity: dict
     energy_pj_per_sample: dict
     ann_energy_pj_per_sample: dict
     latency_ms: dict
@@ -197,6 +199,11 @@ def measure(
         sops_per_sample=t["sops"] / n,
         macs_per_sample=t["macs"] / n,
         dense_macs_per_sample=t["dense_macs"] / n,
+        sparsity={
+            "weights": weight_sparsity(model),
+            "neurons": neuron_sparsity(model, x_seq),
+            "connectivity": connectivity(model, x_seq),
+        },
         energy_pj_per_sample=snn,
         ann_energy_pj_per_sample=ann,
         latency_ms=latency_ms(model, x_seq, repeats=latency_repeats),
