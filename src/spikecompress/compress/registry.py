@@ -4,6 +4,7 @@ Adding a method touches two places: its own file and this table; the contract te
 """
 
 from spikecompress.compress.prune.esl import ESLSNN
+from spikecompress.compress.prune.gradr import GradR
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
@@ -11,6 +12,7 @@ from spikecompress.compress.quant.weight_sharing import WeightSharing
 METHODS = {
     "magnitude": MagnitudePruning,
     "esl": ESLSNN,
+    "gradr": GradR,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,
 }
