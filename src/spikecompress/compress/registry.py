@@ -6,6 +6,7 @@ Adding a method touches two places: its own file and this table; the contract te
 from spikecompress.compress.prune.esl import ESLSNN
 from spikecompress.compress.prune.gradr import GradR
 from spikecompress.compress.prune.magnitude import MagnitudePruning
+from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 
@@ -13,6 +14,7 @@ METHODS = {
     "magnitude": MagnitudePruning,
     "esl": ESLSNN,
     "gradr": GradR,
+    "sops_aware": SOPsAwarePruning,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,
 }

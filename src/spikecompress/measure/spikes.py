@@ -56,7 +56,8 @@ class SpikeMonitor:
     def _hook(self, name: str):
         def hook(module, inputs, out_seq: torch.Tensor) -> None:
             rec = self.layers[name]
-            rec.spikes += int(out_seq.detach().sum(dtype=torch.int64))  # exact above 2**24
+            # events, not their sum: a spike scaled by a soft gate (mask search) is still one
+            rec.spikes += int(torch.count_nonzero(out_seq.detach()))
             rec.neuron_steps += out_seq.numel()
             rec.samples += out_seq.shape[1]
 
