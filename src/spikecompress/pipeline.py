@@ -103,7 +103,6 @@ def _run_stage(
         meta={"model": model.spec, **meta},
         verbose=verbose,
     )
-    _restore_context(session, stage_dir, trainer.total_steps)
     fit = trainer.fit()
     model = session.finalize()
     artifact = save(model, stage_dir / "artifact", meta={"T": recipe.data.T, **meta})
@@ -120,16 +119,6 @@ def _run_stage(
     )
     atomic_write_json(stage_dir / "metrics.json", metrics)
     return metrics
-
-
-def _restore_context(session, stage_dir: Path, total_steps: int) -> None:
-    """Give a resumed session the step count and progress it had when the run was killed."""
-    from spikecompress.train.checkpoint import POINTER, read_pointer
-
-    if (stage_dir / POINTER).exists():
-        step = int(read_pointer(stage_dir)["step"])
-        session.ctx.step = step
-        session.ctx.progress = min(step / max(total_steps, 1), 1.0)
 
 
 def _stage_input(recipe: Recipe, stage: Stage, index: int, data, previous: Path | None):

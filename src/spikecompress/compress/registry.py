@@ -3,17 +3,23 @@
 Adding a method touches two places: its own file and this table; the contract test picks it up.
 """
 
+from spikecompress.compress.prune.admm import ADMMPruning
 from spikecompress.compress.prune.esl import ESLSNN
 from spikecompress.compress.prune.gradr import GradR
+from spikecompress.compress.prune.lats import LATS
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
+from spikecompress.compress.prune.stds import STDS
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 
 METHODS = {
     "magnitude": MagnitudePruning,
     "esl": ESLSNN,
+    "admm": ADMMPruning,
     "gradr": GradR,
+    "stds": STDS,
+    "lats": LATS,
     "sops_aware": SOPsAwarePruning,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,

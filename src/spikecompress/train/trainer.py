@@ -25,6 +25,8 @@ from spikecompress.train.seeding import rng_state, seed_everything, set_rng_stat
 
 
 class SessionLike(Protocol):
+    ctx: Any  # spikecompress.compress.Context: step and progress are restored on resume
+
     def loss(self, x_seq: torch.Tensor, out_seq: torch.Tensor) -> torch.Tensor | float: ...
 
     def after_step(self, progress: float) -> None: ...
@@ -116,6 +118,9 @@ class Trainer:
             n = len("session.")
             saved = {k[n:]: v for k, v in tensors.items() if k.startswith("session.")}
             self.session.load_state_dict(saved, meta["session"])
+        if self.session is not None:  # schedules are functions of the step: give it back
+            self.session.ctx.step = meta["step"]
+            self.session.ctx.progress = min(meta["step"] / max(self.total_steps, 1), 1.0)
         if meta.get("grad_scale") and self.scaler.is_enabled():
             self.scaler.update(meta["grad_scale"])
         self.step, self.history = meta["step"], meta["history"]

@@ -48,8 +48,10 @@ def spike_rate_penalty(
         raise ValueError(f"per must be one of {list(NORMALISATIONS)}, got {per!r}")
     layers = [list(seq) for seq in spikes.values() if len(seq)]
     if not layers:
-        raise ValueError("no spikes recorded: run a forward with autograd on after attaching the "
-                         "SpikeRecorder (and give the model spiking neurons)")
+        raise ValueError(
+            "no spikes recorded: run a forward with autograd on after attaching the "
+            "SpikeRecorder (and give the model spiking neurons)"
+        )
     total = layers[0][0].new_zeros((), dtype=torch.float32)
     for seq in layers:
         count = sum(s.float().sum() for s in seq)
