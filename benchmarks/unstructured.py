@@ -48,7 +48,8 @@ def method_for(variant: str):
     table = {
         "oneshot": lambda: METHODS["magnitude"](sparsity=k, schedule="constant"),
         "gradual": lambda: METHODS["magnitude"](sparsity=k, schedule="cubic", until=0.67),
-        "admm": lambda: METHODS["admm"](sparsity=k),
+        "admm": lambda: METHODS["admm"](sparsity=k, scope="global", update_every=16),
+        "admm_layer": lambda: METHODS["admm"](sparsity=k),  # the class defaults: per layer
         "esl": lambda: METHODS["esl"](density=round(1 - k, 6)),
         "gradr": lambda: METHODS["gradr"](alpha=k),
         "stds": lambda: METHODS["stds"](D=k),
