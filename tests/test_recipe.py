@@ -240,8 +240,15 @@ def test_run_writes_every_output_and_skips_finished_stages(tmp_path):
         [{"name": "magnitude", "sparsity": 0.5, "schedule": "cubic"}],
         [{"name": "magnitude", "sparsity": 0.5}, {"name": "uniform_quant", "weight_bits": 4}],
         [{"name": "weight_sharing", "clusters": 4}],
+        [{"name": "admm", "sparsity": 0.5, "admm_until": 0.5, "update_every": 1}],
+        [{"name": "esl", "density": 0.5, "rewire": {"update_every": 1}}],
+        [{"name": "gradr", "sparsity": 0.9, "alpha": 0.5}],
+        [{"name": "stds", "D": 0.05}],
+        [{"name": "lats", "D": 0.05}],
+        [{"name": "sops_aware", "search": 0.5}],
     ],
-    ids=["magnitude", "magnitude+uniform_quant", "weight_sharing"],
+    ids=["magnitude", "magnitude+uniform_quant", "weight_sharing", "admm", "esl", "gradr", "stds",
+         "lats", "sops_aware"],
 )
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods
