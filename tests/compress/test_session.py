@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikecompress.compress import METHODS, attach, is_plain, schedule_value, select
+from spikecompress.compress import METHODS, Session, attach, is_plain, schedule_value, select
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.models import build
 from spikecompress.snn import reset_state
@@ -101,3 +101,42 @@ def test_bad_hyper_parameters_name_the_field():
         MagnitudePruning(sparsity=1.0)
     with pytest.raises(ValueError, match="scope"):
         MagnitudePruning(scope="row")
+
+
+def test_session_state_round_trips_tensors_lists_dicts_and_scalars():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Stateful:
+        KIND = "loss"
+        t_: torch.Tensor = field(default_factory=lambda: torch.zeros(2), init=False)
+        ts_: list = field(default_factory=list, init=False)
+        d_: dict = field(default_factory=dict, init=False)
+        n_: int = field(default=0, init=False)  # a class-level default: still saved
+
+    a = Stateful()
+    a.t_, a.ts_, a.d_, a.n_ = torch.ones(2), [torch.arange(3)], {"w": torch.full((1,), 7.0)}, 5
+    tensors, scalars = Session(_model(), [a]).state_dict()
+    b = Stateful()
+    Session(_model(), [b]).load_state_dict(tensors, scalars)
+    assert torch.equal(b.t_, a.t_) and torch.equal(b.ts_[0], a.ts_[0])
+    assert torch.equal(b.d_["w"], a.d_["w"]) and b.n_ == 5
+    assert Session(_model(), [Stateful()]).state_dict()[1]["0.n_"] == 0
+
+
+def test_method_param_groups_get_their_own_learning_rate_in_the_trainer():
+    from spikecompress.train.loop import make_optimizer
+
+    class Grouped:
+        KIND = "loss"
+
+        def param_groups(self, model, ctx):
+            return [{"params": [model.classifier.fc.weight], "lr_scale": 10.0}]
+
+    model = _model()
+    session = attach(model, [Grouped()])
+    opt = make_optimizer(model, "adam", 1e-3, 0.0, 0.9, session.param_groups())
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    session.bind(opt, total_steps=10, steps_per_epoch=5)
+    assert session.ctx.lr_at(3) == 1e-3 and session.ctx.total_steps == 10
