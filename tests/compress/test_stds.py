@@ -128,10 +128,11 @@ def test_silent_synapse_pushed_outward_regrows(straight_through):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if straight_through:
-        assert float(_theta(lin).detach()) > 0.2 and float(lin.weight.detach()) > 0  # re-crossed d: alive again
+    theta, w = float(_theta(lin).detach()), float(lin.weight.detach())
+    if straight_through:  # re-crossed d: alive again
+        assert theta > 0.2 and w > 0
     else:  # plain autograd soft threshold: θ never moves, the synapse stays dead
-        assert float(_theta(lin).detach()) == pytest.approx(0.05) and float(lin.weight.detach()) == 0
+        assert theta == pytest.approx(0.05) and w == 0
 
 
 # -- installation and finalize ---------------------------------------------------------------------
