@@ -53,6 +53,7 @@ def method_for(variant: str):
         "esl": lambda: METHODS["esl"](density=round(1 - k, 6)),
         "gradr": lambda: METHODS["gradr"](alpha=k),
         "stds": lambda: METHODS["stds"](D=k),
+        "stds_const": lambda: METHODS["stds"](D=k),  # with a constant LR, as the official code
         "lats": lambda: METHODS["lats"](D=k),
         "sops_aware": lambda: METHODS["sops_aware"](penalty=k),
     }
@@ -93,8 +94,9 @@ def run(task: str, variant: str, seed: int, epochs: int) -> Path:
         session = attach(model, [method_for(variant)])
         lr = TASKS[task][4] if fresh else 1e-3
         t0 = time.perf_counter()
-        Trainer(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed), session=session,
-                verbose=False).fit()
+        schedule = "constant" if variant.startswith("stds_const") else "cosine"
+        cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, schedule=schedule)
+        Trainer(model, data, cfg, session=session, verbose=False).fit()
         wall = time.perf_counter() - t0
         model = session.finalize().eval()
     x_seq = next(iter(data.test))[0]

@@ -18,8 +18,10 @@ Layers: every conv and linear by default, first conv and classifier included (th
 re-parameterises all of them; its ImageNet SEW-ResNet keeps the final ``nn.Linear`` dense — use
 ``exclude`` for that). The official optimizer's optional Grad R prior (``alpha_gr``, off by
 default there) is not part of this method. D is in weight units: pick it relative to the typical
-|w| of the layers (the paper's D = 1…5 belong to its 2048-epoch Adam runs).
-Recipe: ``{name: stds, D: 0.05, schedule: sine}``.
+|w| of the layers (the paper's D = 1…5 belong to its 2048-epoch Adam runs). The CIFAR-10 code
+trains with a constant LR; under a decaying LR the late rise of d meets a small LR and the
+network cannot compensate (the mismatch LATS removes).
+Recipe ``stds``: ``{name: stds, D: 0.5, schedule: sine}`` after a dense stage, constant-LR Adam.
 """
 
 from __future__ import annotations
