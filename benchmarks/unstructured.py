@@ -189,7 +189,9 @@ def _plot(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 4.6), squeeze=False)
+    names = sorted({v.partition("@")[0] for variants in data.values() for v in variants})
+    color = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}  # one colour per method
     for ax, (task, variants) in zip(axes[0], data.items(), strict=True):
         by_method: dict[str, list[tuple[float, float]]] = {}
         for variant, runs in variants.items():
@@ -197,11 +199,12 @@ def _plot(data: dict, path: Path) -> None:
             by_method.setdefault(variant.partition("@")[0], []).append(point)
         for method, points in sorted(by_method.items()):
             points.sort()
-            ax.plot(*zip(*points, strict=True), marker="o", label=method)
+            ax.plot(*zip(*points, strict=True), marker="o", color=color[method], label=method)
         ax.set(xscale="log", xlabel="SOPs per sample", ylabel="test accuracy %", title=task)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=color[n], marker="o", label=n) for n in names]
+    fig.legend(handles=handles, loc="lower center", ncol=len(names), fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
 
 
