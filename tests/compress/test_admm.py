@@ -10,6 +10,7 @@ from torch import nn
 
 from spikecompress.compress import attach, is_plain, select
 from spikecompress.compress.activity.penalty import SpikeRecorder, spike_rate_penalty
+from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.admm import ADMMPruning, project, topk_mask
@@ -17,14 +18,6 @@ from spikecompress.compress.prune.masks import mask_of
 from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
 from spikecompress.snn import IF, LIF, reset_state
-
-TINY = {
-    "mlp": dict(name="mlp", in_features=64, widths=[16]),
-    "conv_net": dict(name="conv_net", in_channels=1, input_size=8, widths=[4, 8]),
-    "sew_resnet": dict(
-        name="sew_resnet", in_channels=1, input_size=8, widths=[4, 8], blocks=[1, 1]
-    ),
-}
 
 
 @pytest.fixture(scope="module")

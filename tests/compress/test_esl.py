@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikecompress.compress import attach
+from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.prune.esl import ESLSNN, er_densities
 from spikecompress.compress.prune.masks import mask_of
@@ -17,12 +18,6 @@ from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
 from spikecompress.snn import reset_state
 
-TINY = {
-    "mlp": dict(name="mlp", in_features=64, widths=[16]),
-    "conv_net": dict(name="conv_net", in_channels=1, input_size=8, widths=[4, 8]),
-    "sew_resnet": dict(name="sew_resnet", in_channels=1, input_size=8, widths=[4, 8],
-                       blocks=[1, 1]),
-}
 FAST = {"update_every": 2, "drop_fraction": 0.3, "decay": "cosine", "until": 0.75}
 
 

@@ -8,18 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikecompress.compress import attach, is_plain
+from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.prune.gradr import GradR, rewiring_of, theta_of
 from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
 from spikecompress.snn import reset_state
-
-TINY = {
-    "mlp": dict(name="mlp", in_features=64, widths=[16]),
-    "conv_net": dict(name="conv_net", in_channels=1, input_size=8, widths=[4, 8]),
-    "sew_resnet": dict(name="sew_resnet", in_channels=1, input_size=8, widths=[4, 8],
-                       blocks=[1, 1]),
-}
 
 
 @pytest.fixture(scope="module")

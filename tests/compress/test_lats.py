@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from spikecompress.compress import attach
+from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.lats import LATS, lowfreq_fraction, sinp_fraction
@@ -18,12 +19,6 @@ from spikecompress.models import build
 from spikecompress.snn import reset_state
 from spikecompress.train.loop import cosine_lr
 
-TINY = {
-    "mlp": dict(name="mlp", in_features=64, widths=[16]),
-    "conv_net": dict(name="conv_net", in_channels=1, input_size=8, widths=[4, 8]),
-    "sew_resnet": dict(name="sew_resnet", in_channels=1, input_size=8, widths=[4, 8],
-                       blocks=[1, 1]),
-}
 N, LR, D = 200, 0.1, 0.6
 LR_SCHEDULES = {
     "constant": lambda k: LR,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spikecompress.compress import attach, is_plain
+from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.prune.sops_aware import GATE, SOPsAwarePruning, beta_at
 from spikecompress.compress.prune.sops_geometry import probe_geometry
@@ -17,12 +18,6 @@ from spikecompress.measure import count
 from spikecompress.models import build
 from spikecompress.snn import reset_state
 
-TINY = {
-    "mlp": dict(name="mlp", in_features=64, widths=[16]),
-    "conv_net": dict(name="conv_net", in_channels=1, input_size=8, widths=[4, 8]),
-    "sew_resnet": dict(name="sew_resnet", in_channels=1, input_size=8, widths=[4, 8],
-                       blocks=[1, 1]),
-}
 ALL_NEURONS = dict(neuron_include=[".*"], neuron_exclude=[])
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spikecompress.compress import attach, is_plain
+from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.soft_threshold import (
@@ -22,13 +23,6 @@ from spikecompress.compress.prune.stds import STDS, stds_threshold
 from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
 from spikecompress.snn import reset_state
-
-TINY = {
-    "mlp": dict(name="mlp", in_features=64, widths=[16]),
-    "conv_net": dict(name="conv_net", in_channels=1, input_size=8, widths=[4, 8]),
-    "sew_resnet": dict(name="sew_resnet", in_channels=1, input_size=8, widths=[4, 8],
-                       blocks=[1, 1]),
-}
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,14 @@ from spikecompress.compress.parametrize import is_plain
 from spikecompress.compress.session import attach
 from spikecompress.snn.layers import reset_state
 
+# the tiny models the contract suite runs every method on: build(classes=10, **TINY_MODELS[name])
+TINY_MODELS = {
+    "mlp": {"name": "mlp", "in_features": 64, "widths": [16]},
+    "conv_net": {"name": "conv_net", "in_channels": 1, "input_size": 8, "widths": [4, 8]},
+    "sew_resnet": {"name": "sew_resnet", "in_channels": 1, "input_size": 8, "widths": [4, 8],
+                   "blocks": [1, 1]},
+}
+
 
 def method_spec(method: object) -> dict:
     """The YAML-ready spec of a method: its name and its hyper-parameter fields (not ``*_``)."""
