@@ -89,6 +89,21 @@ def test_multistep_equals_step_loop_forward_and_gradients(kwargs, surrogate, rec
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("kwargs", CONFIGS)
+@pytest.mark.parametrize("batch", [1, 6000])  # one slice; several slices (dynamics.CHUNK_ELEMENTS)
+def test_inference_path_equals_the_autograd_kernel(kwargs, batch):
+    """Without grad the neurons skip the autograd node: the same spikes and final membrane."""
+    lif = LIF(**kwargs)
+    x = torch.randn(4, batch, 3, 4, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        s_fast, v_fast = lif(x), lif.v
+    reset_state(lif)
+    s_ref = lif(x.requires_grad_(True))
+    assert s_ref.grad_fn is not None and s_fast.grad_fn is None
+    assert torch.equal(s_fast, s_ref.detach()) and torch.equal(v_fast, lif.v)
+    assert 0.02 < s_fast.mean() < 0.95
+
+
 def test_plif_learns_tau_and_matches_step_loop():
     plif = PLIF(init_tau=3.0, channels=3).double()
     assert torch.allclose(plif.tau, torch.full((3,), 3.0, dtype=torch.float64))

@@ -102,7 +102,9 @@ def _chunks(x_seq: torch.Tensor) -> list[slice]:
 
 def _is_one(t: torch.Tensor) -> bool:
     """True if ``t`` is all ones (checked only on CPU, where it costs no device sync)."""
-    return t.device.type == "cpu" and bool((t == 1).all())
+    if t.device.type != "cpu":
+        return False
+    return t.item() == 1 if t.dim() == 0 else bool((t == 1).all())
 
 
 def _scalar(t: torch.Tensor) -> float | None:
@@ -148,6 +150,30 @@ def _charge_fire(x_seq, v, h_seq, s_seq, v_buf, ax, k, a, v_th, reset: Reset) ->
         v = v_buf
 
 
+def _forward(x_seq, v0, k, a, v_th, reset: Reset, need_h: bool):
+    """The forward over T steps, slice by slice of the batch: (s_seq, v_last, h_seq or None)."""
+    s_seq = torch.empty_like(x_seq)
+    v_last = torch.empty_like(x_seq[0])
+    v0 = v0.expand_as(v_last)
+    a_one = _is_one(a)
+    chunks = _chunks(x_seq)
+    h_seq = torch.empty_like(x_seq) if need_h else None
+    # without h_seq the charge of a slice lives in a small buffer (recomputed in backward)
+    h_buf = None if need_h else torch.empty_like(x_seq[:, chunks[0]])
+    ax_buf = None if a_one else torch.empty_like(x_seq[0, chunks[0]])
+    if len(chunks) == 1:  # one slice: no slicing ops (they cost more than small steps)
+        hs = h_seq if need_h else h_buf
+        _charge_fire(x_seq, v0, hs, s_seq, v_last, ax_buf, k, a, v_th, reset)
+        return s_seq, v_last, h_seq
+    for sl in chunks:
+        v_buf = v_last[sl]  # the running membrane; holds V[T-1] at the end
+        n = v_buf.shape[0]
+        hs = h_seq[:, sl] if need_h else h_buf[:, :n]
+        ax = None if a_one else ax_buf[:n]
+        _charge_fire(x_seq[:, sl], v0[sl], hs, s_seq[:, sl], v_buf, ax, k, a, v_th, reset)
+    return s_seq, v_last, h_seq
+
+
 class MultiStepNeuron(torch.autograd.Function):
     """Fused forward over T steps and its exact BPTT backward with the surrogate derivative.
 
@@ -163,21 +189,8 @@ class MultiStepNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq, v0, k, a, v_th, reset: Reset, surrogate: Surrogate, need_h=True):
         ctx.set_materialize_grads(False)
-        s_seq = torch.empty_like(x_seq)
-        v_last = torch.empty_like(x_seq[0])
+        s_seq, v_last, h_seq = _forward(x_seq, v0, k, a, v_th, reset, need_h)
         v0 = v0.expand_as(v_last)
-        a_one = _is_one(a)
-        chunks = _chunks(x_seq)
-        h_seq = torch.empty_like(x_seq) if need_h else None
-        # without h_seq the charge of a slice lives in a small buffer, recomputed in backward
-        h_buf = None if need_h else torch.empty_like(x_seq[:, chunks[0]])
-        ax_buf = None if a_one else torch.empty_like(x_seq[0, chunks[0]])
-        for sl in chunks:
-            v_buf = v_last[sl]  # the running membrane; holds V[T-1] at the end
-            n = v_buf.shape[0]
-            hs = h_seq[:, sl] if need_h else h_buf[:, :n]
-            ax = None if a_one else ax_buf[:n]
-            _charge_fire(x_seq[:, sl], v0[sl], hs, s_seq[:, sl], v_buf, ax, k, a, v_th, reset)
         need_k, need_a = ctx.needs_input_grad[2:4]  # dL/dk needs V[-1] = v0, dL/da needs x
         ctx.save_for_backward(
             h_seq,
@@ -368,4 +381,6 @@ def multistep(
     (one [T, B, ...] tensor less to allocate and write) and the backward recomputes it from the
     saved input, bit for bit; gradients are identical.
     """
+    if not torch.is_grad_enabled():  # inference: the same forward, no autograd node to build
+        return _forward(x_seq, v0, k, a, v_th, reset, need_h)
     return MultiStepNeuron.apply(x_seq, v0, k, a, v_th, reset, surrogate, need_h)
