@@ -1,0 +1,100 @@
+"""Channel masks during training, applied after BN, and the dense γ-gradient they expose.
+
+Masking a conv output *before* BN does not silence the channel: BN maps an all-zero channel to β
+(and −γμ/σ + β in eval), which keeps firing downstream (specs/pruning.md §1.4). So a channel mask
+gates BN's γ and β together — BN(x)_c = γ_c·m_c·x̂_c + β_c·m_c is exactly 0 for m_c = 0, in
+training and eval alike — and, for a group without BN, the producers' weight rows and biases.
+
+``ChannelGate`` records the gradient of the *gated* γ, ∂L/∂(γ⊙m) = Σ ∂L/∂z·x̂, at every backward:
+it is the gradient the channel's γ would get if it were switched on (the "dense" γ-gradient),
+non-zero for masked channels too, which is what gradient-based regrowth needs (∂L/∂γ itself is
+m ⊙ that, zero for every masked channel).
+
+    gate_channels(model, group, mask)       # install or update; mask [group.size] of {0, 1}
+    dense_gamma_grad(model, group)          # [group.size] from the last backward
+    ungate(model)                           # remove the gates, keeping γ⊙m, β⊙m
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from spikecompress.compress.prune.groups import ChannelGroup
+
+
+class ChannelGate(nn.Module):
+    """Parametrization ``w ↦ w ⊙ mask`` along dim 0; keeps the gated tensor's last gradient."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().clone().float())
+        self.grad: torch.Tensor | None = None
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        out = w * self.mask.to(w.dtype).view(-1, *([1] * (w.dim() - 1)))  # [C] -> [C, 1, ...]
+        if out.requires_grad:
+            out.register_hook(self._capture)
+        return out
+
+    def _capture(self, grad: torch.Tensor) -> None:
+        self.grad = grad.detach().clone()
+
+
+def _targets(model: nn.Module, group: ChannelGroup) -> list[tuple[nn.Module, str]]:
+    """(module, tensor name) pairs a mask of ``group`` gates: BN γ and β, else producer rows."""
+    modules = dict(model.named_modules())
+    owners = group.bns or group.producers
+    return [(modules[n], t) for n in owners for t in ("weight", "bias")
+            if getattr(modules[n], t, None) is not None]
+
+
+def gate_of(module: nn.Module, name: str) -> ChannelGate | None:
+    """The ChannelGate on ``module.name``, or None."""
+    if not parametrize.is_parametrized(module, name):
+        return None
+    return next((p for p in module.parametrizations[name] if isinstance(p, ChannelGate)), None)
+
+
+def gate_channels(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) -> None:
+    """Switch ``group``'s channels on (1) and off (0) after BN; ``mask`` [group.size]."""
+    if mask.shape != (group.size,):
+        raise ValueError(f"mask for group {group.name!r} must have shape ({group.size},), "
+                         f"got {tuple(mask.shape)}")
+    for module, name in _targets(model, group):
+        gate = gate_of(module, name)
+        if gate is None:
+            gate = ChannelGate(mask.to(getattr(module, name).device))
+            parametrize.register_parametrization(module, name, gate)
+        else:
+            gate.mask.copy_(mask)
+
+
+def channel_mask(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """The group's current mask [size] (all ones when it has no gate)."""
+    module, name = _targets(model, group)[0]
+    gate = gate_of(module, name)
+    return torch.ones(group.size) if gate is None else gate.mask.detach().cpu().clone()
+
+
+def dense_gamma_grad(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """Σ over the group's BNs of ∂L/∂(γ⊙m) from the last backward, [size] (zeros before one)."""
+    total = torch.zeros(group.size)
+    modules = dict(model.named_modules())
+    for n in group.bns:
+        gate = gate_of(modules[n], "weight")
+        if gate is not None and gate.grad is not None:
+            total += gate.grad.detach().cpu()
+    return total
+
+
+def ungate(model: nn.Module) -> None:
+    """Remove every ChannelGate, leaving the gated values (masked channels' γ, β = 0) in place."""
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations):
+            gates = list(module.parametrizations[name])
+            if len(gates) == 1 and isinstance(gates[0], ChannelGate):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
