@@ -127,7 +127,8 @@ def _respec(model: nn.Module) -> None:
     from spikecompress.models.respec import respec
 
     spec = respec(model)
-    rebuilt = from_spec(spec).state_dict()
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the caller's RNG
+        rebuilt = from_spec(spec).state_dict()
     for key, t in model.state_dict().items():
         if key in rebuilt and rebuilt[key].shape != t.shape:
             raise RuntimeError(f"surgery left {key} with shape {tuple(t.shape)} but the new spec "
