@@ -38,12 +38,13 @@ from unstructured import TASKS, dense_model
 ROOT = Path("runs/bench_structured")
 
 
-def _sca(r: float, fixes: bool):
+def _sca(r: float, corrections: dict):
     keep = 1 - r
     beta = keep / 9  # the code's default ratio α : β = 0.8 : 0.1
-    extra = {"corrections": {"mask": "after_bn", "regrow": "dense", "schedule": "gradual",
-                             "floor": 0.05}} if fixes else {}
-    return METHODS["sca"](alpha=keep - beta, beta=beta, **extra)
+    return METHODS["sca"](alpha=keep - beta, beta=beta, corrections=corrections)
+
+
+ALL_FIXES = {"after_bn": True, "dense_regrow": True, "gradual": True, "floor": 0.05}
 
 
 def method_for(variant: str):
@@ -53,8 +54,9 @@ def method_for(variant: str):
     table = {
         "l1": lambda: METHODS["l1_filter"](prune=k),
         "slimming": lambda: METHODS["slimming"](prune=k),
-        "sca": lambda: _sca(k, fixes=False),
-        "sca_fixed": lambda: _sca(k, fixes=True),
+        "sca": lambda: _sca(k, {}),  # the authors' code
+        "sca_bn": lambda: _sca(k, {"after_bn": True}),  # + masks after BN at every step
+        "sca_fixed": lambda: _sca(k, ALL_FIXES),  # + dense γ regrowth, gradual, 5 % floor
         "pca": lambda: METHODS["pca_width"](variance=k, collect=1.0),
         "sdsnn": lambda: METHODS["sdsnn"](count_thre=int(k)),
     }

@@ -246,9 +246,13 @@ def test_run_writes_every_output_and_skips_finished_stages(tmp_path):
         [{"name": "stds", "D": 0.05}],
         [{"name": "lats", "D": 0.05}],
         [{"name": "sops_aware", "search": 0.5}],
+        [{"name": "sca", "alpha": 0.5, "beta": 0.2}],
+        [{"name": "sca", "alpha": 0.5, "beta": 0.2,
+          "corrections": {"after_bn": True, "dense_regrow": True, "gradual": True}}],
+        [{"name": "pca_width", "variance": 0.95, "collect": 0.75, "init": "inherit"}],
     ],
     ids=["magnitude", "magnitude+uniform_quant", "weight_sharing", "admm", "esl", "gradr", "stds",
-         "lats", "sops_aware"],
+         "lats", "sops_aware", "sca", "sca+corrections", "pca_width"],
 )
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods
@@ -272,7 +276,8 @@ def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     stage = tmp_path / "killed/stages/1-prune"
     assert not (stage / "metrics.json").exists()
     tensors, meta = load_checkpoint(stage)
-    assert meta["step"] == 2 and any(".parametrizations.weight." in k for k in tensors)
+    assert meta["step"] == 2  # the method state is in the checkpoint: buffers or session fields
+    assert any(".parametrizations." in k or k.startswith("session.") for k in tensors)
     if methods[0]["name"] == "magnitude":  # the masks in the checkpoint are partly zero already
         masks = [k for k in tensors if k.endswith("parametrizations.weight.0.mask")]
         assert masks and any(not tensors[k].all() for k in masks)

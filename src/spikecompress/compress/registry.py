@@ -8,6 +8,8 @@ from spikecompress.compress.prune.esl import ESLSNN
 from spikecompress.compress.prune.gradr import GradR
 from spikecompress.compress.prune.lats import LATS
 from spikecompress.compress.prune.magnitude import MagnitudePruning
+from spikecompress.compress.prune.pca_width import PCAWidth
+from spikecompress.compress.prune.sca import SCA
 from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
 from spikecompress.compress.prune.stds import STDS
 from spikecompress.compress.quant.uniform import UniformQuantization
@@ -21,6 +23,8 @@ METHODS = {
     "stds": STDS,
     "lats": LATS,
     "sops_aware": SOPsAwarePruning,
+    "sca": SCA,
+    "pca_width": PCAWidth,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,
 }

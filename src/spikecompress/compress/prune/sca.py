@@ -1,0 +1,386 @@
+"""SCA: spiking channel activity-based pruning with gradient regrowth, then physical channel
+removal (Li, Xu, Shen, Xu, Chen, Pan — ICML 2024, arXiv 2406.01072; spec pruning.md §3.3, and
+§12.1, what the authors' released code does, which supersedes §3.3).
+
+Default = the released code (§12.1):
+
+* score of channel c of a pruned group: the running mean over the training batches since the last
+  update of mean over (T, batch, H, W) of s + |u|, s the neuron's output spike and u its membrane
+  potential after the reset (``record_v=True`` gives ``v_seq``). Collected by a forward hook on the
+  neuron, in training mode only, reset after every update. A residual-coupled group fires through
+  several neurons: their scores are averaged. ``score="firing"`` (s) and ``"membrane"`` (|u|) are
+  the two readings of §3.3. Every batch weighs the same in the running mean (our reading).
+* pruned groups: every ``channel_groups`` group whose producers are all convs (hidden FC layers
+  and the read-out are not pruned, as in the code's VGG16); a non-empty ``include`` (regexes,
+  ``re.fullmatch`` on group names) replaces that default, ``exclude`` removes groups.
+* one update at the end of every epoch (``ctx.step`` a multiple of ``ctx.steps_per_epoch``) to
+  the end of training: all N channels ranked together by score, the top ⌊N·α⌋ kept, then among
+  the others the top ⌊N·β⌋ by |∂L/∂γ| of their BN weight (summed over the group's BNs) from the
+  last mini-batch come back. The mask is recomputed from scratch each time, so "just dropped" =
+  not in this update's top ⌊N·α⌋; a channel pruned earlier is in that set too, but its actual
+  ∂L/∂γ is 0 (its filter, γ and β were zeroed), so it comes back only by momentum revival.
+  Ties go to the earlier group, then the lower channel index (``channel_select.keep_top``).
+* masking: the conv filter rows (and bias) and BN γ, β of pruned channels multiplied by zero in
+  place once per update; gradients are not masked, so optimizer momentum can revive them.
+* ``l1``: the code adds l1·sign(W) to the gradients of its 3×3 convs; here the loss term
+  l1·Σ|W| over the pruned groups' producer convs whose kernel is not pointwise (same gradient).
+* finalize: physical removal (``surgery.remove_masked``) with the last update's mask. The code
+  keeps the mask of the best-test-accuracy epoch; a method sees no test accuracy, so we take the
+  last one (a stage that wants the best can be shortened to that epoch).
+
+Ours, not the code's: every group keeps at least one channel (``keep_top``'s floor, which surgery
+needs), so the total kept is max(⌊N·α⌋, Σ floors) + ⌊N·β⌋. Gates (``channel_mask``) are installed
+at attach on every pruned group (all ones in the code mode, where they change nothing) so that
+the state_dict has one layout and ∂L/∂γ is read the same way in every mode.
+
+Corrections (``corrections``, one mapping to stay within the field budget; each off by default):
+
+* ``after_bn``: masks applied after BN at every step through ``gate_channels`` (γ⊙m, β⊙m): a
+  masked channel is exactly 0 downstream in training and eval, and momentum cannot revive it;
+  nothing is zeroed in place.
+* ``dense_regrow``: regrowth ranks by the dense γ-gradient ∂L/∂(γ⊙m) that each gate captures
+  (as ``dense_gamma_grad``; non-zero for masked channels), |.| per BN summed over the group's BNs
+  and averaged over every step of the epoch (our choice: the score's window, less noisy than one
+  batch), so long-pruned channels can return.
+  Needs ``after_bn`` (with in-place zeroing a pruned filter is 0, so its x̂ and dense gradient are).
+* ``gradual``: the fraction kept by score goes α_t = α + (1 − α − β)·(1 − p/until)³ for
+  progress p < ``until``, α after (Zhu & Gupta 2017's cubic), so the density falls from 1 to
+  α + β instead of being fixed at the first update. Default ``until`` 0.5 is our choice.
+* ``floor``: each group always keeps ⌈floor·C⌉ channels of its best scores (none in the code).
+
+Runtime state (exact kill-and-resume): ``masks_``, the score sums ``sums_`` and batch counts
+``batches_`` per neuron, the dense-gradient sums ``grads_`` and their ``grad_steps_``, the update
+counter ``updates_``; the gates are model buffers installed at attach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from spikecompress.compress.method import Context
+from spikecompress.compress.prune.channel_mask import gate_channels, gate_of
+from spikecompress.compress.prune.channel_select import keep_top
+from spikecompress.compress.prune.groups import ChannelGroup, channel_groups
+from spikecompress.compress.prune.surgery import remove_masked
+
+SCORES = ("activity", "firing", "membrane")
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Corrections:
+    """Our corrections to the code's behaviour (module docstring); all off = the code."""
+
+    after_bn: bool = False
+    dense_regrow: bool = False
+    gradual: bool = False
+    until: float = 0.5
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("after_bn", "dense_regrow", "gradual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"corrections.{name} must be true or false, "
+                                 f"got {getattr(self, name)!r}")
+        self.until, self.floor = _number("corrections.until", self.until), _number(
+            "corrections.floor", self.floor)
+        if not 0 < self.until <= 1:
+            raise ValueError(f"corrections.until must be in (0, 1], got {self.until}")
+        if not 0 <= self.floor <= 1:
+            raise ValueError(f"corrections.floor must be in [0, 1], got {self.floor}")
+        if self.dense_regrow and not self.after_bn:
+            raise ValueError("corrections.dense_regrow needs corrections.after_bn: with in-place "
+                             "zeroing a pruned filter is 0, so its dense γ-gradient is 0 too")
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def score_fraction(progress: float, alpha: float, beta: float, corr: Corrections) -> float:
+    """α_t, the fraction of all channels kept by score at an update at ``progress``."""
+    if not corr.gradual or progress >= corr.until:
+        return alpha
+    return alpha + (1 - alpha - beta) * (1 - progress / corr.until) ** 3
+
+
+def channel_score(kind: str, s: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """[C]: mean over every dim but the channel dim 2 of s + |u|, s or |u| (x [T, B, C, ...])."""
+    dims = [d for d in range(s.dim()) if d != 2]
+    if kind == "firing":
+        return s.float().mean(dims)
+    membrane = u.float().abs().mean(dims)
+    return membrane if kind == "membrane" else s.float().mean(dims) + membrane
+
+
+def top_k(values: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor], k: int):
+    """{group: bool [C]}: the k eligible channels with the largest values over all groups;
+    ties go to the earlier group, then the lower index."""
+    names = list(values)
+    flat = torch.cat([values[n].double().cpu().flatten() for n in names])  # [N]
+    ok = torch.cat([eligible[n].bool().cpu().flatten() for n in names])  # [N]
+    ranked = torch.sort(torch.where(ok, flat, -math.inf), descending=True, stable=True).indices
+    chosen = torch.zeros(len(flat), dtype=torch.bool)
+    pick = ranked[: min(k, int(ok.sum()))]
+    chosen[pick] = True
+    out, start = {}, 0
+    for n in names:
+        out[n] = chosen[start : start + values[n].numel()]
+        start += values[n].numel()
+    return out
+
+
+def update_masks(scores: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], keep: float,
+                 regrow: int, floor: float = 0.0) -> dict[str, torch.Tensor]:
+    """One SCA update: keep the top ``keep`` fraction by score (global, per-group ``floor``),
+    then switch on the ``regrow`` channels outside it with the largest |gradient|."""
+    kept = keep_top(scores, keep, floor)
+    dropped = {n: m == 0 for n, m in kept.items()}
+    grown = top_k({n: g.abs() for n, g in grads.items()}, dropped, regrow)
+    return {n: ((kept[n] > 0) | grown[n]).float() for n in kept}
+
+
+@dataclass
+class SCA:
+    """Spiking Channel Activity-based pruning: score, keep α, regrow β by |∂L/∂γ| every epoch,
+    remove the pruned channels at finalize. ``alpha``, ``beta`` fractions of all pruned channels;
+    ``score`` one of SCORES; ``l1`` the code's L1 on conv weights; ``corrections`` our options
+    (after_bn, dense_regrow, gradual, until, floor; missing keys off); ``include`` / ``exclude``
+    regexes on group names. Needs ``session.bind(..., steps_per_epoch=...)``."""
+
+    NAME: ClassVar[str] = "sca"
+    PAPER: ClassVar[str] = "Li et al., ICML 2024 (arXiv 2406.01072)"
+    KIND: ClassVar[str] = "channels"
+
+    alpha: float = 0.8
+    beta: float = 0.1
+    score: str = "activity"
+    l1: float = 3e-5
+    corrections: dict = field(default_factory=dict)
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    groups_: list = field(default_factory=list, init=False, repr=False, compare=False)
+    hooks_: list = field(default_factory=list, init=False, repr=False, compare=False)
+    masks_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    sums_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    batches_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    grads_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    grad_steps_: int = field(default=0, init=False, repr=False, compare=False)
+    updates_: int = field(default=0, init=False, repr=False, compare=False)
+    record_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.alpha, self.beta = _number("alpha", self.alpha), _number("beta", self.beta)
+        self.l1 = _number("l1", self.l1)
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if not 0 <= self.beta < 1 or self.alpha + self.beta > 1:
+            raise ValueError(f"beta must be in [0, 1 - alpha], got {self.beta}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {list(SCORES)}, got {self.score!r}")
+        if self.l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {self.l1}")
+        if not isinstance(self.corrections, dict):
+            raise ValueError(f"corrections must be a mapping, got {self.corrections!r}")
+        known = [f.name for f in dataclasses.fields(Corrections)]
+        unknown = sorted(set(self.corrections) - set(known))
+        if unknown:
+            raise ValueError(f"corrections: unknown key(s) {unknown}; known: {known}")
+        self.corrections = dataclasses.asdict(Corrections(**self.corrections))
+        for name in ("include", "exclude"):
+            for p in getattr(self, name):
+                try:
+                    re.compile(p)
+                except (re.error, TypeError) as e:
+                    raise ValueError(f"{name}: invalid regex {p!r}: {e}") from None
+
+    @property
+    def corr(self) -> Corrections:
+        return Corrections(**self.corrections)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, ctx: Context) -> None:
+        """Pick the groups, install all-ones gates, hook the groups' neurons."""
+        self.groups_ = self.select(model)
+        modules = dict(model.named_modules())
+        for g in self.groups_:
+            if not g.bns or not g.neurons:
+                raise ValueError(f"sca: group {g.name!r} needs a BatchNorm and a spiking neuron "
+                                 "(score and regrowth read them); exclude it")
+            gate_channels(model, g, torch.ones(g.size))
+            self.masks_[g.name] = torch.ones(g.size)
+            self.grads_[g.name] = torch.zeros(g.size)
+        self.hooks_, self.record_ = [], {}
+        for n in self.neuron_names():
+            neuron = modules[n]
+            if self.score != "firing":
+                if not hasattr(neuron, "record_v"):
+                    raise ValueError(f"sca: neuron {n!r} cannot record its membrane (record_v); "
+                                     "use score='firing'")
+                self.record_[n] = neuron.record_v
+                neuron.record_v = True
+            self.hooks_.append(neuron.register_forward_hook(functools.partial(self._record, n)))
+        self._reset_scores()
+        self.updates_ = self.grad_steps_ = 0  # in the instance dict, so state_dict sees them
+
+    def loss(self, model: nn.Module, x_seq: torch.Tensor, out_seq: torch.Tensor,
+             ctx: Context) -> torch.Tensor:
+        """l1 · Σ|W| over the pruned groups' non-pointwise producer convs."""
+        total = out_seq.new_zeros(())
+        if self.l1 == 0:
+            return total
+        modules = dict(model.named_modules())
+        for g in self.groups_:
+            for n in g.producers:
+                m = modules[n]
+                if isinstance(m, CONVS) and math.prod(m.kernel_size) > 1:
+                    total = total + m.weight.abs().sum()
+        return self.l1 * total
+
+    def after_step(self, model: nn.Module, ctx: Context) -> None:
+        if not self.groups_:
+            return
+        if not ctx.steps_per_epoch:
+            raise RuntimeError("sca updates its masks once per epoch: call session.bind(optimizer,"
+                               " steps_per_epoch=...) before training")
+        if self.corr.dense_regrow:
+            self._accumulate_dense_grads(model)
+        if ctx.step % ctx.steps_per_epoch == 0:
+            self.update(model, ctx.progress)
+
+    def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """Unhook, restore the neurons' record_v, remove the masked channels physically."""
+        modules = dict(model.named_modules())
+        for handle in self.hooks_:
+            handle.remove()
+        self.hooks_ = []
+        for n, flag in self.record_.items():
+            modules[n].record_v = flag
+            modules[n].v_seq = modules[n].h_seq = None
+        if not self.groups_:
+            return model
+        return remove_masked(model, {n: m.cpu() for n, m in self.masks_.items()})
+
+    # -- the rule ------------------------------------------------------------------------------
+    def select(self, model: nn.Module) -> list[ChannelGroup]:
+        """The pruned groups (module docstring): conv groups, or those ``include`` names."""
+        modules = dict(model.named_modules())
+
+        def hit(patterns: list[str], name: str) -> bool:
+            return any(re.fullmatch(p, name) for p in patterns)
+
+        out = []
+        for g in channel_groups(model):
+            convs = all(isinstance(modules[p], CONVS) for p in g.producers)
+            if (hit(self.include, g.name) if self.include else convs) and not hit(
+                    self.exclude, g.name):
+                out.append(g)
+        return out
+
+    def neuron_names(self) -> list[str]:
+        return list(dict.fromkeys(n for g in self.groups_ for n in g.neurons))
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """{group: [C]} the running-mean score since the last update, averaged over its neurons."""
+        out = {}
+        for g in self.groups_:
+            if any(float(self.batches_[n]) == 0 for n in g.neurons):
+                raise RuntimeError(f"sca: no training-mode forward through {g.name!r} since the "
+                                   "last update: nothing to score channels by")
+            per = [self.sums_[n].cpu() / float(self.batches_[n]) for n in g.neurons]
+            out[g.name] = torch.stack(per).mean(0)
+        return out
+
+    def regrow_grads(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """{group: [C]} what regrowth ranks by: the epoch's mean |dense γ-gradient|, or (code)
+        |∂L/∂γ| of the last mini-batch; both summed over the group's BNs."""
+        if self.corr.dense_regrow:
+            steps = max(self.grad_steps_, 1)
+            return {n: g.cpu() / steps for n, g in self.grads_.items()}
+        modules = dict(model.named_modules())
+        out = {}
+        for g in self.groups_:
+            total = torch.zeros(g.size)
+            for n in g.bns:
+                grad = modules[n].parametrizations.weight.original.grad
+                if grad is None:
+                    raise RuntimeError("sca regrows by the γ-gradient of the last mini-batch: "
+                                       "call loss.backward() before session.after_step")
+                total += grad.detach().abs().cpu()
+            out[g.name] = total
+        return out
+
+    def update(self, model: nn.Module, progress: float) -> None:
+        """One mask update (end of an epoch): score, keep, regrow, apply, reset the statistics."""
+        corr = self.corr
+        n_all = sum(g.size for g in self.groups_)
+        keep = score_fraction(progress, self.alpha, self.beta, corr)
+        masks = update_masks(self.scores(), self.regrow_grads(model), keep,
+                             math.floor(n_all * self.beta + 1e-9), corr.floor)
+        self.masks_ = masks
+        for g in self.groups_:
+            if corr.after_bn:
+                gate_channels(model, g, masks[g.name])
+            else:
+                _zero_channels_(model, g, masks[g.name])
+        self._reset_scores()
+        self.updates_ += 1
+
+    def active_channels(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks_.values()))
+
+    # -- statistics ----------------------------------------------------------------------------
+    def _record(self, name: str, module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if not module.training:
+            return
+        u = None if self.score == "firing" else module.v_seq
+        if self.score != "firing" and u is None:
+            raise RuntimeError(f"sca: neuron {name!r} kept no v_seq (single-step mode?)")
+        batch = channel_score(self.score, out.detach(), u).detach()
+        self.sums_[name] = self.sums_[name].to(batch.device) + batch
+        self.batches_[name] = self.batches_[name] + 1
+
+    def _reset_scores(self) -> None:
+        sizes = {n: g.size for g in self.groups_ for n in g.neurons}
+        self.sums_ = {n: torch.zeros(c) for n, c in sizes.items()}
+        self.batches_ = {n: torch.zeros(()) for n in sizes}
+        self.grads_ = {g.name: torch.zeros(g.size) for g in self.groups_}
+        self.grad_steps_ = 0
+
+    def _accumulate_dense_grads(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for g in self.groups_:
+            for n in g.bns:
+                gate = gate_of(modules[n], "weight")
+                if gate is not None and gate.grad is not None:
+                    self.grads_[g.name] = self.grads_[g.name] + gate.grad.detach().abs().cpu()
+        self.grad_steps_ += 1
+
+
+@torch.no_grad()
+def _zero_channels_(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) -> None:
+    """The code's masking: producer filter rows (and biases), BN γ and β of channels with mask 0
+    multiplied by zero in place (the optimized tensors under any parametrization)."""
+    modules = dict(model.named_modules())
+    for n in group.producers + group.bns:
+        for t in ("weight", "bias"):
+            p = _raw(modules[n], t)
+            if p is not None:
+                p.mul_(mask.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1))))  # [C]->[C,1..]
+
+
+def _raw(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The optimized tensor behind ``module.name`` (under its parametrizations), or None."""
+    if hasattr(module, "parametrizations") and name in module.parametrizations:
+        return module.parametrizations[name].original
+    return getattr(module, name, None)
