@@ -6,10 +6,12 @@ Adding a method touches two places: its own file and this table; the contract te
 from spikecompress.compress.prune.admm import ADMMPruning
 from spikecompress.compress.prune.esl import ESLSNN
 from spikecompress.compress.prune.gradr import GradR
+from spikecompress.compress.prune.l1_filter import L1FilterPruning
 from spikecompress.compress.prune.lats import LATS
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.prune.pca_width import PCAWidth
 from spikecompress.compress.prune.sca import SCA
+from spikecompress.compress.prune.slimming import NetworkSlimming
 from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
 from spikecompress.compress.prune.stds import STDS
 from spikecompress.compress.quant.uniform import UniformQuantization
@@ -25,6 +27,8 @@ METHODS = {
     "sops_aware": SOPsAwarePruning,
     "sca": SCA,
     "pca_width": PCAWidth,
+    "slimming": NetworkSlimming,
+    "l1_filter": L1FilterPruning,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,
 }
