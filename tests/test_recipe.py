@@ -252,9 +252,11 @@ def test_run_writes_every_output_and_skips_finished_stages(tmp_path):
         [{"name": "pca_width", "variance": 0.95, "collect": 0.75, "init": "inherit"}],
         [{"name": "slimming", "penalty": 1.0e-2, "prune": 0.5}],
         [{"name": "l1_filter", "prune": 0.5, "scope": "global"}],
+        [{"name": "sdsnn", "count_thre": 1, "every": 1, "schedule": {"conv_rate": 30.0}}],
     ],
     ids=["magnitude", "magnitude+uniform_quant", "weight_sharing", "admm", "esl", "gradr", "stds",
-         "lats", "sops_aware", "sca", "sca+corrections", "pca_width", "slimming", "l1_filter"],
+         "lats", "sops_aware", "sca", "sca+corrections", "pca_width", "slimming", "l1_filter",
+         "sdsnn"],
 )
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods

@@ -11,6 +11,7 @@ from spikecompress.compress.prune.lats import LATS
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.prune.pca_width import PCAWidth
 from spikecompress.compress.prune.sca import SCA
+from spikecompress.compress.prune.sdsnn import SDSNN
 from spikecompress.compress.prune.slimming import NetworkSlimming
 from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
 from spikecompress.compress.prune.stds import STDS
@@ -29,6 +30,7 @@ METHODS = {
     "pca_width": PCAWidth,
     "slimming": NetworkSlimming,
     "l1_filter": L1FilterPruning,
+    "sdsnn": SDSNN,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,
 }
