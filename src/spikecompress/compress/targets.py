@@ -27,7 +27,7 @@ def select(
     Exclude wins over include. Logs the picked names at INFO. Raises ValueError when nothing is
     picked or a pattern is not a valid regex (naming it).
     """
-    inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
+    inc, exc = compile_patterns(include, "include"), compile_patterns(exclude, "exclude")
     picked = [
         (name, m)
         for name, m in model.named_modules()
@@ -45,7 +45,8 @@ def select(
     return picked
 
 
-def _compile(patterns: Sequence[str], field: str) -> list[re.Pattern]:
+def compile_patterns(patterns: Sequence[str], field: str) -> list[re.Pattern]:
+    """The compiled regexes; ValueError naming ``field`` and the pattern when one is invalid."""
     if isinstance(patterns, str):
         patterns = [patterns]
     out = []

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from spikecompress.compress.targets import compile_patterns
 from spikecompress.snn import layers as seq
 from spikecompress.snn.neuron import NEURONS
 
@@ -226,3 +227,19 @@ def channel_groups(model: nn.Module, example: torch.Tensor | None = None) -> lis
                  for g in graph.get_all_groups([readout(model)], root_module_types=roots)]
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return sorted(found, key=lambda g: order[g.name])
+
+
+def select_groups(
+    groups: Sequence[ChannelGroup], include: Sequence[str], exclude: Sequence[str],
+    required: bool = True,
+) -> list[ChannelGroup]:
+    """The groups whose names fully match an ``include`` regex (none = all) and no ``exclude``;
+    raises ValueError when a pattern is not a regex, or (``required``) when none is left."""
+    inc, exc = compile_patterns(include, "include"), compile_patterns(exclude, "exclude")
+    picked = [g for g in groups
+              if (not inc or any(p.fullmatch(g.name) for p in inc))
+              and not any(p.fullmatch(g.name) for p in exc)]
+    if required and not picked:
+        raise ValueError(f"no channel group selected (include={list(include)}, "
+                         f"exclude={list(exclude)}; groups: {[g.name for g in groups]})")
+    return picked

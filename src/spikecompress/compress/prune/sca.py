@@ -68,7 +68,7 @@ from torch import nn
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.channel_mask import gate_channels, gate_of
 from spikecompress.compress.prune.channel_select import keep_top
-from spikecompress.compress.prune.groups import ChannelGroup, channel_groups
+from spikecompress.compress.prune.groups import ChannelGroup, channel_groups, select_groups
 from spikecompress.compress.prune.surgery import remove_masked
 
 SCORES = ("activity", "firing", "membrane")
@@ -275,17 +275,10 @@ class SCA:
     def select(self, model: nn.Module) -> list[ChannelGroup]:
         """The pruned groups (module docstring): conv groups, or those ``include`` names."""
         modules = dict(model.named_modules())
-
-        def hit(patterns: list[str], name: str) -> bool:
-            return any(re.fullmatch(p, name) for p in patterns)
-
-        out = []
-        for g in channel_groups(model):
-            convs = all(isinstance(modules[p], CONVS) for p in g.producers)
-            if (hit(self.include, g.name) if self.include else convs) and not hit(
-                    self.exclude, g.name):
-                out.append(g)
-        return out
+        groups = channel_groups(model)
+        if not self.include:  # default: the groups whose producers are all convs
+            groups = [g for g in groups if all(isinstance(modules[p], CONVS) for p in g.producers)]
+        return select_groups(groups, self.include, self.exclude, required=False)
 
     def neuron_names(self) -> list[str]:
         return list(dict.fromkeys(n for g in self.groups_ for n in g.neurons))

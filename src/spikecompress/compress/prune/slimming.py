@@ -46,7 +46,6 @@ Our choices:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -58,8 +57,9 @@ from torch.nn.utils import parametrize
 from spikecompress.compress.method import Context, zero_loss
 from spikecompress.compress.prune.channel_mask import gate_channels
 from spikecompress.compress.prune.channel_select import keep_top
-from spikecompress.compress.prune.groups import ChannelGroup, channel_groups
+from spikecompress.compress.prune.groups import ChannelGroup, channel_groups, select_groups
 from spikecompress.compress.prune.surgery import remove_masked
+from spikecompress.compress.targets import compile_patterns
 
 log = logging.getLogger("spikecompress.slimming")
 
@@ -90,27 +90,12 @@ def gamma_scores(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, 
     return out
 
 
-def select_groups(
-    groups: Sequence[ChannelGroup], include: Sequence[str], exclude: Sequence[str]
-) -> list[ChannelGroup]:
-    """The groups whose names fully match an ``include`` regex (none = all) and no ``exclude``;
-    raises ValueError when none is left or a pattern is not a regex."""
-    inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
-    picked = [g for g in groups
-              if (not inc or any(p.fullmatch(g.name) for p in inc))
-              and not any(p.fullmatch(g.name) for p in exc)]
-    if not picked:
-        raise ValueError(f"no channel group selected (include={list(include)}, "
-                         f"exclude={list(exclude)}; groups: {[g.name for g in groups]})")
-    return picked
-
-
 def check_patterns(include: object, exclude: object) -> None:
     """Raise ValueError unless ``include`` and ``exclude`` are lists of valid regexes."""
     for name, value in (("include", include), ("exclude", exclude)):
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
             raise ValueError(f"{name} must be a list of regex strings, got {value!r}")
-        _compile(value, name)
+        compile_patterns(value, name)
 
 
 def check_fractions(prune: float, floor: float) -> None:
@@ -215,13 +200,3 @@ def _percentile(scores: Mapping[str, torch.Tensor], keep: float) -> float:
     flat = torch.cat([s.flatten() for s in scores.values()]).sort(descending=True).values
     k = max(1, int(len(flat) * keep + 1e-9))
     return float(flat[k - 1])
-
-
-def _compile(patterns: Sequence[str], name: str) -> list[re.Pattern]:
-    out = []
-    for p in patterns:
-        try:
-            out.append(re.compile(p))
-        except re.error as e:
-            raise ValueError(f"{name}: invalid regex {p!r}: {e}") from None
-    return out
