@@ -243,3 +243,11 @@ def select_groups(
         raise ValueError(f"no channel group selected (include={list(include)}, "
                          f"exclude={list(exclude)}; groups: {[g.name for g in groups]})")
     return picked
+
+
+def check_patterns(include: object, exclude: object) -> None:
+    """Raise ValueError unless ``include`` and ``exclude`` are lists of valid regexes."""
+    for name, value in (("include", include), ("exclude", exclude)):
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise ValueError(f"{name} must be a list of regex strings, got {value!r}")
+        compile_patterns(value, name)

@@ -37,10 +37,14 @@ from torch import nn
 
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.channel_select import keep_top
-from spikecompress.compress.prune.groups import ChannelGroup, channel_groups, select_groups
+from spikecompress.compress.prune.groups import (
+    ChannelGroup,
+    channel_groups,
+    check_patterns,
+    select_groups,
+)
 from spikecompress.compress.prune.slimming import (
     check_fractions,
-    check_patterns,
     install_gates,
     remove_and_count,
 )

@@ -58,7 +58,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -68,7 +67,12 @@ from torch import nn
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.channel_mask import gate_channels, gate_of
 from spikecompress.compress.prune.channel_select import keep_top
-from spikecompress.compress.prune.groups import ChannelGroup, channel_groups, select_groups
+from spikecompress.compress.prune.groups import (
+    ChannelGroup,
+    channel_groups,
+    check_patterns,
+    select_groups,
+)
 from spikecompress.compress.prune.surgery import remove_masked
 
 SCORES = ("activity", "firing", "membrane")
@@ -197,12 +201,7 @@ class SCA:
         if unknown:
             raise ValueError(f"corrections: unknown key(s) {unknown}; known: {known}")
         self.corrections = dataclasses.asdict(Corrections(**self.corrections))
-        for name in ("include", "exclude"):
-            for p in getattr(self, name):
-                try:
-                    re.compile(p)
-                except (re.error, TypeError) as e:
-                    raise ValueError(f"{name}: invalid regex {p!r}: {e}") from None
+        check_patterns(self.include, self.exclude)
 
     @property
     def corr(self) -> Corrections:
@@ -356,7 +355,8 @@ class SCA:
             for n in g.bns:
                 gate = gate_of(modules[n], "weight")
                 if gate is not None and gate.grad is not None:
-                    self.grads_[g.name] = self.grads_[g.name] + gate.grad.detach().abs().cpu()
+                    grad = gate.grad.detach().abs()  # stays on the model's device
+                    self.grads_[g.name] = self.grads_[g.name].to(grad.device) + grad
         self.grad_steps_ += 1
 
 

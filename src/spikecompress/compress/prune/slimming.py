@@ -57,9 +57,13 @@ from torch.nn.utils import parametrize
 from spikecompress.compress.method import Context, zero_loss
 from spikecompress.compress.prune.channel_mask import gate_channels
 from spikecompress.compress.prune.channel_select import keep_top
-from spikecompress.compress.prune.groups import ChannelGroup, channel_groups, select_groups
+from spikecompress.compress.prune.groups import (
+    ChannelGroup,
+    channel_groups,
+    check_patterns,
+    select_groups,
+)
 from spikecompress.compress.prune.surgery import remove_masked
-from spikecompress.compress.targets import compile_patterns
 
 log = logging.getLogger("spikecompress.slimming")
 
@@ -88,14 +92,6 @@ def gamma_scores(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, 
         gammas = [bn_gamma(modules[n]).detach().abs().float().cpu() for n in g.bns]
         out[g.name] = torch.stack(gammas).mean(0)  # [#BN, C] -> [C]
     return out
-
-
-def check_patterns(include: object, exclude: object) -> None:
-    """Raise ValueError unless ``include`` and ``exclude`` are lists of valid regexes."""
-    for name, value in (("include", include), ("exclude", exclude)):
-        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-            raise ValueError(f"{name} must be a list of regex strings, got {value!r}")
-        compile_patterns(value, name)
 
 
 def check_fractions(prune: float, floor: float) -> None:
