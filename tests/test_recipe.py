@@ -163,6 +163,8 @@ def test_overrides_are_type_checked_and_applied():
             "stages.1.methods.1: expected a mapping",
         ),
         (lambda d: d["stages"][0].pop("epochs"), "stages.0.epochs: missing"),
+        (lambda d: d["stages"][1].update(T=0), "stages.1.T must be an integer >= 1 or null"),
+        (lambda d: d["stages"][1].update(T=1.5), "stages.1.T: expected int | null, got 1.5"),
         (lambda d: d.pop("data"), "data: missing"),
         (lambda d: d["stages"].clear(), "stages: a recipe needs at least one stage"),
         (lambda d: d.update(stages={"name": "x"}), "stages: expected list[mapping]"),
@@ -232,6 +234,29 @@ def test_run_writes_every_output_and_skips_finished_stages(tmp_path):
     other = Recipe.from_dict(apply_overrides(_tiny(), ["stages.1.epochs=2"]))
     with pytest.raises(ValueError, match="holds a run of a different recipe"):
         run_recipe(other, out, verbose=False)
+
+
+def test_each_stage_runs_and_records_its_own_T(tmp_path):
+    d = _tiny(prune_epochs=0)
+    d["data"].update(name="event_digits", limit=64)
+    d["model"]["widths"] = [2, 2]
+    d["stages"][0]["T"] = 3
+    d["stages"][1].update(T=1, methods=[])
+    result = run_recipe(Recipe.from_dict(d), tmp_path / "run", verbose=False)
+    for i, (name, T) in enumerate([("dense", 3), ("prune", 1)]):
+        stage = tmp_path / f"run/stages/{i}-{name}"
+        meta = json.loads((stage / "artifact/spec.json").read_text())["meta"]
+        assert meta["T"] == T and meta["data"]["T"] == T
+        assert result["stages"][name]["time_steps"] == T
+    # the T = 1 stage starts from the T = 3 stage's model (0 epochs: the same weights)
+    assert _equal(_state(tmp_path / "run/stages/0-dense/artifact"),
+                  _state(tmp_path / "run/stages/1-prune/artifact"))
+    sops = [result["stages"][n]["sops_per_sample"] for n in ("dense", "prune")]
+    assert sops[1] < sops[0]
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from torch import nn
@@ -48,7 +48,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, verbose: bool = True) -> dic
 
     out = Path(out_dir)
     _write_effective(recipe, out)
-    data = load_data(recipe.data)
+    loaded: dict[int, object] = {}  # T -> Data: each stage runs at its own T
     say = _printer(verbose)
     results: dict[str, dict] = {}
     previous: Path | None = None
@@ -59,7 +59,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, verbose: bool = True) -> dic
             results[stage.name] = json.loads((stage_dir / "metrics.json").read_text())
             say(f"{head}: done in an earlier run, skipped")
         else:
-            say(f"{head}: epochs {stage.epochs}, methods {[m['name'] for m in stage.methods]}")
+            config = stage_data(recipe, stage)
+            if config.T not in loaded:
+                loaded[config.T] = load_data(config)
+            data = loaded[config.T]
+            say(f"{head}: T {config.T}, epochs {stage.epochs}, "
+                f"methods {[m['name'] for m in stage.methods]}")
             model = _stage_input(recipe, stage, i, data, previous)
             results[stage.name] = _run_stage(recipe, stage, model, data, stage_dir, verbose)
         say(f"{head}: {_summary(results[stage.name])}")
@@ -71,6 +76,11 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, verbose: bool = True) -> dic
     md, _ = write_report(results, out / "report")
     say(f"wrote {final}, {out / 'metrics.json'} and {md}")
     return {"stages": results, "metrics": metrics, "artifact": str(final), "report": str(md)}
+
+
+def stage_data(recipe: Recipe, stage: Stage):
+    """The data config a stage runs on: the recipe's, at the stage's ``T`` when it names one."""
+    return recipe.data if stage.T is None else replace(recipe.data, T=stage.T)
 
 
 def _run_stage(
@@ -93,7 +103,8 @@ def _run_stage(
         loss=stage.loss,
         seed=recipe.seed,
     )
-    meta = {"data": asdict(recipe.data), "stage": stage.name, "recipe": recipe.to_dict()}
+    config = stage_data(recipe, stage)
+    meta = {"data": asdict(config), "stage": stage.name, "recipe": recipe.to_dict()}
     trainer = Trainer(
         model,
         data,
@@ -105,11 +116,11 @@ def _run_stage(
     )
     fit = trainer.fit()
     model = session.finalize()
-    artifact = save(model, stage_dir / "artifact", meta={"T": recipe.data.T, **meta})
+    artifact = save(model, stage_dir / "artifact", meta={"T": config.T, **meta})
     metrics = measure(model, data, artifact=artifact).to_dict()
     metrics.update(
         stage=stage.name,
-        data=asdict(recipe.data),
+        data=asdict(config),
         train={
             "epochs": stage.epochs,
             "best_accuracy": fit["best_accuracy"],

@@ -70,6 +70,9 @@ class Stage:
     ``methods``: specs ``{name: <METHODS key>, <field>: value, ...}``, stored with every field of
     the method resolved. ``init``: start from this run directory (checkpoint) or artifact folder
     instead of the previous stage's finalized model (or, for the first stage, a fresh model).
+    ``T``: the time steps this stage trains and is measured at (default: the data's ``T``); the
+    data is re-encoded (event recordings re-binned into ``T`` frames) and the stage's artifact
+    records it. A recipe of stages at decreasing ``T`` is progressive temporal pruning.
     """
 
     name: str
@@ -78,6 +81,7 @@ class Stage:
     loss: str = "ce"
     methods: list[dict] = field(default_factory=list)
     init: str | None = None
+    T: int | None = None
 
     def __post_init__(self) -> None:
         if not _STAGE_NAME.fullmatch(self.name):
@@ -89,6 +93,8 @@ class Stage:
         self.methods = [method_spec(s, f"methods.{i}") for i, s in enumerate(self.methods)]
         if self.init is not None and not self.init:
             raise ValueError("init must be a path or null, got ''")
+        if self.T is not None and self.T < 1:
+            raise ValueError(f"T must be an integer >= 1 or null, got {self.T}")
 
     def build_methods(self) -> list:
         """Fresh method instances (their runtime state empty) for one run of this stage."""

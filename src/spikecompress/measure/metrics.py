@@ -27,11 +27,16 @@ _LAYER_SUMMED = ("sops", "macs", "dense_macs", "spikes", "neuron_updates", "inpu
 
 @dataclass
 class Metrics:
-    """Everything ``measure`` reports; per-sample figures are averages over the test set."""
+    """Everything ``measure`` reports; per-sample figures are averages over the test set.
+
+    ``time_steps``: the T the model is run for; ``avg_time_steps``: the steps a sample really
+    costs on average (T for a plain SNN; fewer with an early-exit policy or shrinking time stages).
+    """
 
     accuracy: float
     samples: int
     time_steps: int
+    avg_time_steps: float
     params: int
     params_nonzero: int
     weight_bits: int
@@ -191,6 +196,7 @@ def measure(
         accuracy=acc,
         samples=n,
         time_steps=t["time_steps"],
+        avg_time_steps=float(t["time_steps"]),
         params=last.params,
         params_nonzero=sum(int((p != 0).sum()) for p in model.parameters()),
         weight_bits=weight_bits,

@@ -37,6 +37,12 @@ MODELS = {
     "sew_resnet": sew_resnet,
 }
 
+# Structure a compression method installs on a built model (an early-exit policy, time stages),
+# recorded in ``model.spec`` under its key: key → ``install(model, config)``, which adds the
+# structure (its tensors then live in the state_dict) and writes ``model.spec[key] = config``.
+# ``from_spec`` builds the network from the other keys, then runs these installers.
+EXTRAS: dict = {}
+
 
 def build(name: str, **spec) -> nn.Module:
     """Build the model ``MODELS[name]`` from its keyword arguments.
@@ -60,11 +66,15 @@ def from_spec(spec: dict) -> nn.Module:
     """Rebuild a model from ``model.spec`` (or any dict with ``"name"`` and builder arguments)."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a model spec must be a dict with a 'name' key, got {spec!r}")
-    rest = {k: v for k, v in spec.items() if k != "name"}
-    return build(spec["name"], **rest)
+    rest = {k: v for k, v in spec.items() if k != "name" and k not in EXTRAS}
+    model = build(spec["name"], **rest)
+    for key, install in EXTRAS.items():
+        if spec.get(key) is not None:
+            install(model, spec[key])
+    return model
 
 
 __all__ = [
-    "MODELS", "VGG_WIDTHS", "Network", "build", "conv1d_net", "conv_net", "from_spec", "mlp",
+    "EXTRAS", "MODELS", "VGG_WIDTHS", "Network", "build", "conv1d_net", "conv_net", "from_spec", "mlp",
     "resnet", "sew_resnet", "vgg",
 ]

@@ -15,6 +15,7 @@ COLUMNS = [  # (header, key or function of the metrics dict, format)
     ("non-zero", "params_nonzero", "{:,}"),
     ("bytes on disk", "size_bytes", "{:,}"),
     ("T", "time_steps", "{}"),
+    ("avg steps", lambda m: m.get("avg_time_steps", m["time_steps"]), "{:.2f}"),
     ("spikes/sample", "spikes_per_sample", "{:,.0f}"),
     ("SOPs/sample", "sops_per_sample", "{:,.0f}"),
     ("MACs/sample", "macs_per_sample", "{:,.0f}"),
