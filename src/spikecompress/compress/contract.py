@@ -48,7 +48,7 @@ def _train_steps(model: nn.Module, session, data, steps: int) -> None:
     session.bind(opt, total_steps=steps, steps_per_epoch=steps)
     for step, (x_seq, y) in zip(range(steps), data.train, strict=False):
         out = model(x_seq)
-        loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out)
+        loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()

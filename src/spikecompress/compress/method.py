@@ -36,7 +36,8 @@ class Context:
     """Where training is: ``progress`` in [0, 1] over the stage, ``step`` (optimizer steps taken),
     ``epoch``, ``stage``; and, once the loop calls ``Session.bind``, its ``optimizer``, the
     learning rate of every step ``lr_at(step)``, the stage's ``total_steps`` and ``steps_per_epoch``
-    (None before)."""
+    (None before); ``y``: the labels [B] of the batch being trained on, set by ``Session.loss``
+    (None when the loop passes none)."""
 
     progress: float = 0.0
     step: int = 0
@@ -46,6 +47,7 @@ class Context:
     lr_at: Callable[[int], float] | None = None
     total_steps: int | None = None
     steps_per_epoch: int | None = None
+    y: Any = None
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@
     session = attach(model, [MagnitudePruning(sparsity=0.8), UniformQuantization(weight_bits=4)])
     for x_seq, y in loader:                                 # the user's loop and optimizer
         out = model(x_seq)
-        loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out)
+        loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out, y)
         opt.zero_grad(); loss.backward(); opt.step()
         session.after_step(progress=step / total_steps)
         reset_state(model)
@@ -98,8 +98,14 @@ class Session:
                 elif key in scalars and not isinstance(scalars[key], dict):
                     setattr(m, name, scalars[key])
 
-    def loss(self, x_seq: torch.Tensor, out_seq: torch.Tensor) -> torch.Tensor:
-        """Sum of the methods' loss terms for this step (a zero tensor when none has one)."""
+    def loss(
+        self, x_seq: torch.Tensor, out_seq: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Sum of the methods' loss terms for this step (a zero tensor when none has one).
+
+        ``y``: the batch's labels [B], handed to the methods as ``ctx.y`` (for losses on labels:
+        early classifiers, exit-policy rewards); None when the loop has no labels."""
+        self.ctx.y = y
         total = out_seq.new_zeros(())
         for m in self.methods:
             if (fn := hook(m, "loss")) is not None:

@@ -75,6 +75,6 @@ def from_spec(spec: dict) -> nn.Module:
 
 
 __all__ = [
-    "EXTRAS", "MODELS", "VGG_WIDTHS", "Network", "build", "conv1d_net", "conv_net", "from_spec", "mlp",
-    "resnet", "sew_resnet", "vgg",
+    "EXTRAS", "MODELS", "VGG_WIDTHS", "Network", "build", "conv1d_net", "conv_net", "from_spec",
+    "mlp", "resnet", "sew_resnet", "vgg",
 ]

@@ -27,7 +27,9 @@ from spikecompress.train.seeding import rng_state, seed_everything, set_rng_stat
 class SessionLike(Protocol):
     ctx: Any  # spikecompress.compress.Context: step and progress are restored on resume
 
-    def loss(self, x_seq: torch.Tensor, out_seq: torch.Tensor) -> torch.Tensor | float: ...
+    def loss(
+        self, x_seq: torch.Tensor, out_seq: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor | float: ...
 
     def after_step(self, progress: float) -> None: ...
 
@@ -135,7 +137,7 @@ class Trainer:
             out_seq = self.model(x_seq)  # [T, B, classes]
             loss = task_loss(out_seq, y, self.cfg.loss)
             if self.session is not None:
-                loss = loss + self.session.loss(x_seq, out_seq)
+                loss = loss + self.session.loss(x_seq, out_seq, y)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
