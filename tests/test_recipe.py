@@ -278,10 +278,11 @@ def _equal(a: dict, b: dict) -> bool:
         [{"name": "slimming", "penalty": 1.0e-2, "prune": 0.5}],
         [{"name": "l1_filter", "prune": 0.5, "scope": "global"}],
         [{"name": "sdsnn", "count_thre": 1, "every": 1, "schedule": {"conv_rate": 30.0}}],
+        [{"name": "temporal_pruning"}],
     ],
     ids=["magnitude", "magnitude+uniform_quant", "weight_sharing", "admm", "esl", "gradr", "stds",
          "lats", "sops_aware", "sca", "sca+corrections", "pca_width", "slimming", "l1_filter",
-         "sdsnn"],
+         "sdsnn", "temporal_pruning"],
 )
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods
@@ -306,7 +307,8 @@ def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     assert not (stage / "metrics.json").exists()
     tensors, meta = load_checkpoint(stage)
     assert meta["step"] == 2  # the method state is in the checkpoint: buffers or session fields
-    assert any(".parametrizations." in k or k.startswith("session.") for k in tensors)
+    assert any(".parametrizations." in k or k.startswith("session.") or k.endswith(".leak")
+               for k in tensors)
     if methods[0]["name"] == "magnitude":  # the masks in the checkpoint are partly zero already
         masks = [k for k in tensors if k.endswith("parametrizations.weight.0.mask")]
         assert masks and any(not tensors[k].all() for k in masks)

@@ -162,7 +162,7 @@ def load_init(path: str | Path, field: str = "init") -> nn.Module:
     """A model from an artifact folder, a run holding ``artifact/``, or a run's checkpoint."""
     from spikecompress.export import load
     from spikecompress.models import from_spec
-    from spikecompress.snn.neuron import add_spike_masks
+    from spikecompress.snn.neuron import add_optional_state
     from spikecompress.train import load_checkpoint
     from spikecompress.train.checkpoint import CheckpointError
 
@@ -179,7 +179,7 @@ def load_init(path: str | Path, field: str = "init") -> nn.Module:
         raise CheckpointError(f"{field}: the checkpoint in {p} records no model spec")
     model = from_spec(meta["model"])
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    add_spike_masks(model, state)
+    add_optional_state(model, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

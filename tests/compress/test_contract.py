@@ -19,5 +19,6 @@ def data():
 @pytest.mark.parametrize("method_name", list(METHODS))
 def test_method_contract(method_name, model_name, data):
     torch.manual_seed(0)
-    model = build(classes=10, **TINY[model_name])
+    spiking = method_name != "ann_conversion"  # converts the ANN twin into the SNN
+    model = build(classes=10, spiking=spiking, **TINY[model_name])
     check_method(METHODS[method_name], model, data)

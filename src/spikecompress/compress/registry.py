@@ -17,6 +17,8 @@ from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
 from spikecompress.compress.prune.stds import STDS
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
+from spikecompress.compress.temporal.ann_conversion import ANNConversion
+from spikecompress.compress.temporal.temporal_pruning import TemporalPruning
 
 METHODS = {
     "magnitude": MagnitudePruning,
@@ -33,4 +35,6 @@ METHODS = {
     "sdsnn": SDSNN,
     "uniform_quant": UniformQuantization,
     "weight_sharing": WeightSharing,
+    "temporal_pruning": TemporalPruning,
+    "ann_conversion": ANNConversion,
 }

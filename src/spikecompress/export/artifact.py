@@ -28,7 +28,7 @@ from torch import nn
 from spikecompress.atomic import atomic_writer
 from spikecompress.export import codec
 from spikecompress.models import from_spec
-from spikecompress.snn.neuron import add_spike_masks
+from spikecompress.snn.neuron import add_optional_state
 
 FORMAT = "spikecompress-artifact"
 FORMAT_VERSION = 1
@@ -215,7 +215,7 @@ def load(path: str | Path) -> nn.Module:
         model = from_spec(doc["model"])
     except ValueError as e:
         raise ArtifactError(f"bad model spec in {spec_file}: {_one_line(e)}") from None
-    add_spike_masks(model, state)
+    add_optional_state(model, state)
     _check_fits(model, state, spec_file)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

@@ -11,8 +11,13 @@ With ``record_v=True`` a forward also keeps ``v_seq`` (membrane after reset, [T,
 Neuron pruning: ``set_spike_mask(neuron, mask)`` gives a neuron a {0, 1} buffer ``spike_mask`` of
 one sample's shape ([C, ...]); the output spikes are multiplied by it at every time step and for
 every sample (the membrane runs as usual; a pruned neuron simply never emits). The buffer is in
-``state_dict`` once set; ``add_spike_masks(model, state)`` re-creates it before loading a state
-dict that has one.
+``state_dict`` once set.
+
+Leak override: a neuron may carry a ``leak`` tensor (scalar or [C]; None by default, then absent
+from ``state_dict``): the decay ``k`` of the charge is then ``leak`` instead of the value from τ
+(1 for IF), the input gain unchanged: ``H[t] = leak · V[t-1] + a · X[t]`` (soft reset), the
+learnable leak of Chowdhury et al.'s temporal pruning (specs/pruning.md §12.2).
+``add_optional_state(model, state)`` re-creates ``spike_mask`` and ``leak`` before loading.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def _run(module: nn.Module, x_seq: torch.Tensor, k, a) -> torch.Tensor:
     """Multi-step forward shared by the neurons: [T, B, ...] → spikes [T, B, ...]."""
     check_x_seq(x_seq, "[T, B, ...]", min_dim=2)
     x0 = x_seq[0]
+    k = k if module.leak is None else module.leak
     v_th = _per_channel(module.v_threshold, x0)
     k, a = _per_channel(k, x0), _per_channel(a, x0)
     v0 = module.v
@@ -88,18 +94,20 @@ def set_spike_mask(neuron: nn.Module, mask: torch.Tensor | None) -> None:
     neuron.spike_mask = mask
 
 
-def add_spike_masks(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Create the ``spike_mask`` buffers that ``state`` holds (so ``load_state_dict`` fits)."""
+def add_optional_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Create the ``spike_mask`` and ``leak`` buffers that ``state`` holds (so
+    ``load_state_dict`` fits)."""
     modules = dict(model.named_modules())
     for key, value in state.items():
         owner, _, leaf = key.rpartition(".")
-        if leaf == "spike_mask" and getattr(modules.get(owner), "spike_mask", 0) is None:
-            set_spike_mask(modules[owner], torch.ones_like(value))
+        if leaf in ("spike_mask", "leak") and getattr(modules.get(owner), leaf, 0) is None:
+            modules[owner].register_buffer(leaf, torch.ones_like(value))
 
 
 def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
     """Single-step forward shared by the neurons: [B, ...] → spikes [B, ...]."""
     v_th = _per_channel(module.v_threshold, x)
+    k = k if module.leak is None else module.leak
     k, a = _per_channel(k, x), _per_channel(a, x)
     v = module.v
     if v is None or v.shape != x.shape:
@@ -116,6 +124,7 @@ def _common_init(module, v_threshold, v_reset, surrogate, detach_reset, record_v
     module.surrogate = surrogate if surrogate is not None else ATan()
     module.record_v = record_v
     module.register_buffer("spike_mask", None)
+    module.register_buffer("leak", None)
     module.v = None
     module.v_seq = module.h_seq = None
 

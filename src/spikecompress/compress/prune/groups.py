@@ -35,7 +35,8 @@ from spikecompress.compress.targets import compile_patterns
 from spikecompress.snn import layers as seq
 from spikecompress.snn.neuron import NEURONS
 
-PER_CHANNEL = ("tau", "v_threshold", "w", "spike_mask")  # neuron tensors with one row per channel
+# neuron tensors with one row per channel
+PER_CHANNEL = ("tau", "v_threshold", "w", "spike_mask", "leak")
 
 
 def is_neuron(module: nn.Module) -> bool:
