@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe field, e.g. stages.1.epochs=2 (repeatable)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: $THREADS)")
+    p.add_argument("--device", default="cpu", help="train on cpu | cuda[:N] (measured on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("train", help="train a model and write checkpoint + metrics.json to --out")

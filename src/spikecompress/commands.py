@@ -39,7 +39,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     recipe = load_recipe(args.recipe, overrides=args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-    result = run(recipe, out, verbose=not args.quiet)
+    result = run(recipe, out, verbose=not args.quiet, device=args.device)
     print_comparison(result["stages"], title=f"{args.recipe} → {out} (per test sample)")
     if args.quiet:  # otherwise the runner has said it
         print(f"wrote {result['artifact']}, {out / 'metrics.json'} and {result['report']}")
@@ -147,7 +147,8 @@ def demo(args: argparse.Namespace) -> int:
     """The main job: dense spiking CNN on the embedded digits → gradual magnitude pruning + 4-bit
     QAT (the shipped ``magnitude_qat`` recipe) → before/after table, artifact and report."""
     ns = argparse.Namespace(
-        recipe="magnitude_qat", set=[], out=args.out, threads=args.threads, quiet=False
+        recipe="magnitude_qat", set=[], out=args.out, threads=args.threads, quiet=False,
+        device="cpu",
     )
     return run_recipe(ns)
 

@@ -37,8 +37,13 @@ from spikecompress.train.checkpoint import atomic_write_json
 EFFECTIVE = "recipe.effective.yaml"
 
 
-def run_recipe(recipe: Recipe, out_dir: str | Path, verbose: bool = True) -> dict:
+def run_recipe(
+    recipe: Recipe, out_dir: str | Path, verbose: bool = True, device: str = "cpu"
+) -> dict:
     """Run every stage of ``recipe`` into ``out_dir`` (resuming what a killed run left).
+
+    ``device``: where the stages train ("cpu", "cuda", "cuda:N"); every finalized model is moved
+    to the CPU, saved and measured there.
 
     Returns ``{"stages": {stage name: metrics}, "metrics": final metrics, "artifact": path,
     "report": path of report.md}``.
@@ -66,7 +71,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, verbose: bool = True) -> dic
             say(f"{head}: T {config.T}, epochs {stage.epochs}, "
                 f"methods {[m['name'] for m in stage.methods]}")
             model = _stage_input(recipe, stage, i, data, previous)
-            results[stage.name] = _run_stage(recipe, stage, model, data, stage_dir, verbose)
+            results[stage.name] = _run_stage(
+                recipe, stage, model, data, stage_dir, verbose, device
+            )
         say(f"{head}: {_summary(results[stage.name])}")
         previous = stage_dir / "artifact"
     final = out / "artifact"
@@ -84,7 +91,8 @@ def stage_data(recipe: Recipe, stage: Stage):
 
 
 def _run_stage(
-    recipe: Recipe, stage: Stage, model: nn.Module, data, stage_dir: Path, verbose: bool
+    recipe: Recipe, stage: Stage, model: nn.Module, data, stage_dir: Path, verbose: bool,
+    device: str,
 ) -> dict:
     """Attach, train (resuming), finalize, save the artifact, then metrics.json (commit point)."""
     from spikecompress.export import save
@@ -102,6 +110,7 @@ def _run_stage(
         schedule=opt.schedule,
         loss=stage.loss,
         seed=recipe.seed,
+        device=device,
     )
     config = stage_data(recipe, stage)
     meta = {"data": asdict(config), "stage": stage.name, "recipe": recipe.to_dict()}
@@ -115,7 +124,7 @@ def _run_stage(
         verbose=verbose,
     )
     fit = trainer.fit()
-    model = session.finalize()
+    model = session.finalize().cpu()
     artifact = save(model, stage_dir / "artifact", meta={"T": config.T, **meta})
     metrics = measure(model, data, artifact=artifact).to_dict()
     metrics.update(

@@ -37,6 +37,11 @@ def test_train_writes_checkpoint_and_metrics_then_eval(tmp_path, capsys):
             "CUDA is not available",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch"),
         ),
+        pytest.param(
+            ["run", "magnitude", "--device", "cuda", "--set", "data.limit=64", "--quiet"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch"),
+        ),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):

@@ -1,0 +1,140 @@
+"""Time-step reduction (issue 8): accuracy vs average time steps for every method, on event digits
+and MNIST-1D, each variant one resumable recipe run; then one table of every stage's row.
+
+    python benchmarks/temporal.py run --task events --variant tp --seed 0
+    python benchmarks/temporal.py table            # docs/benchmarks_temporal.md
+
+Tasks: ``events`` = event digits, conv_net [16, 32, 64]; ``mnist1d`` = MNIST-1D, conv1d_net
+[64, 64, 64]; integrate-and-fire neurons with soft reset (the temporal-pruning papers' neuron)
+for every variant; Adam, cosine; T_max = 5. Variants (E = the task's epoch budget):
+``direct@T``   trained from scratch at T for E + 2·E/3 epochs (the whole gradual path's budget)
+               with learnable thresholds and leaks (temporal_pruning attached): the control for
+               spike vanishing at low T;
+``tp``         progressive temporal pruning T = 5 (E epochs) → 3 → 2 → 1 (E/3 each), every stage
+               with temporal_pruning, each from the previous (rows at every T);
+``seenn1``     TET training at T = 5 (E epochs), then SEENN-I confidence exits at
+               α ∈ {0.5, 0.7, 0.9, 0.99, 0.999} (each a 0-epoch stage from the TET model);
+``seenn2``     the same TET model, then a SEENN-II policy trained E/3 epochs with REINFORCE;
+``ssnn@S``     SSNN from scratch for E epochs: stage 1 at T = 5, later stages at the steps S
+               (e.g. ``ssnn@3-1``), early classifiers in training only.
+Rows report the measured accuracy, T, average time steps per sample (exits, stage weights), SOPs
+and L0 energy per sample, and the smallest per-layer firing rate (spike vanishing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from spikecompress.pipeline import run_recipe
+from spikecompress.recipe import Recipe
+from spikecompress.train import set_threads
+
+ROOT = Path("runs/bench_temporal")
+NEURON = {"neuron": "if", "neuron_params": {"v_reset": None}}
+TASKS = {  # data, model, epochs E, lr
+    "events": ({"name": "event_digits", "T": 5, "batch_size": 64},
+               {"name": "conv_net", "widths": [16, 32, 64], **NEURON}, 30, 5e-3),
+    "mnist1d": ({"name": "mnist1d", "T": 5, "batch_size": 64},
+                {"name": "conv1d_net", "widths": [64, 64, 64], **NEURON}, 40, 2e-3),
+}
+ALPHAS = (0.5, 0.7, 0.9, 0.99, 0.999)
+TP = [{"name": "temporal_pruning"}]
+
+
+def _stage(name: str, T: int, epochs: int, lr: float, methods=(), **extra) -> dict:
+    return {"name": name, "T": T, "epochs": epochs, "optimizer": {"name": "adam", "lr": lr},
+            "methods": list(methods), **extra}
+
+
+def stages_for(task: str, variant: str, out: Path) -> list[dict]:
+    """The recipe stages of one variant (``out``: the run folder, for ``init`` paths)."""
+    _, _, E, lr = TASKS[task]
+    name, _, knob = variant.partition("@")
+    if name == "direct":
+        return [_stage(f"T{knob}", int(knob), E + 2 * (E // 3), lr, TP)]
+    if name == "tp":
+        return [_stage("T5", 5, E, lr, TP)] + [
+            _stage(f"T{T}", T, E // 3, lr / 5, TP) for T in (3, 2, 1)]
+    tet = _stage("tet", 5, E, lr, loss="tet")
+    base = str(out / "stages/0-tet/artifact")
+    if name == "seenn1":
+        return [tet] + [
+            _stage(f"alpha{a}", 5, 0, lr, [{"name": "seenn", "alpha": a}], init=base)
+            for a in ALPHAS]
+    if name == "seenn2":
+        return [tet, _stage("policy", 5, E // 3, lr, [{"name": "seenn", "mode": "policy"}],
+                            init=base)]
+    if name == "ssnn":
+        steps = [int(s) for s in knob.split("-")]
+        return [_stage("ssnn", 5, E, lr, [{"name": "ssnn", "steps": steps}])]
+    raise SystemExit(f"unknown variant {variant!r}")
+
+
+def run(task: str, variant: str, seed: int) -> Path:
+    out = ROOT / task / f"{variant}-s{seed}"
+    data, model, _, _ = TASKS[task]
+    recipe = Recipe.from_dict({"version": 1, "seed": seed, "model": model,
+                               "data": {**data, "seed": seed},
+                               "stages": stages_for(task, variant, out.resolve())})
+    result = run_recipe(recipe, out, verbose=False)
+    rows = [_row(task, variant, seed, stage, m) for stage, m in result["stages"].items()]
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    return out
+
+
+def _row(task: str, variant: str, seed: int, stage: str, m: dict) -> dict:
+    rates = {k: v["firing_rate"] for k, v in m["layers"].items() if v["firing_rate"] is not None}
+    return {
+        "task": task, "variant": variant, "seed": seed, "stage": stage,
+        "accuracy": m["accuracy"], "T": m["time_steps"],
+        "avg_steps": m.get("avg_time_steps", m["time_steps"]),
+        "sops": m["sops_per_sample"], "macs": m["macs_per_sample"],
+        "energy_L0_nJ": m["energy_pj_per_sample"]["L0"] / 1e3,
+        "ann_L0_nJ": m["ann_energy_pj_per_sample"]["L0"] / 1e3,
+        "min_rate": min(rates.values(), default=0.0), "rates": rates,
+        "epochs": m["train"]["epochs"],
+    }
+
+
+def table(out: Path) -> None:
+    lines = ["# Time-step reduction: accuracy vs average time steps", "",
+             "`python benchmarks/temporal.py run --task <t> --variant <v> --seed 0`, then "
+             "`python benchmarks/temporal.py table`. One seed, 1 thread.", ""]
+    for task in TASKS:
+        rows = [r for f in sorted((ROOT / task).glob("*/rows.json"))
+                for r in json.loads(f.read_text())]
+        if not rows:
+            continue
+        lines += [f"## {task}", "", "| variant | stage | epochs | T | avg steps | accuracy | "
+                  "SOPs/sample | L0 nJ | ANN L0 nJ | lowest layer rate |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(
+                f"| {r['variant']} | {r['stage']} | {r['epochs']} | {r['T']} | "
+                f"{r['avg_steps']:.2f} | {100 * r['accuracy']:.2f}% | {r['sops']:,.0f} | "
+                f"{r['energy_L0_nJ']:.1f} | {r['ann_L0_nJ']:.1f} | {r['min_rate']:.4f} |")
+        lines.append("")
+    out.write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--task", choices=sorted(TASKS), required=True)
+    r.add_argument("--variant", required=True)
+    r.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("table")
+    t.add_argument("--out", type=Path, default=Path("docs/benchmarks_temporal.md"))
+    args = ap.parse_args()
+    set_threads(1)
+    if args.cmd == "run":
+        print(run(args.task, args.variant, args.seed))
+    else:
+        table(args.out)
+
+
+if __name__ == "__main__":
+    main()
