@@ -279,10 +279,11 @@ def _equal(a: dict, b: dict) -> bool:
         [{"name": "l1_filter", "prune": 0.5, "scope": "global"}],
         [{"name": "sdsnn", "count_thre": 1, "every": 1, "schedule": {"conv_rate": 30.0}}],
         [{"name": "temporal_pruning"}],
+        [{"name": "ssnn", "steps": [1], "transformer": "learnable", "T": 2}],
     ],
     ids=["magnitude", "magnitude+uniform_quant", "weight_sharing", "admm", "esl", "gradr", "stds",
          "lats", "sops_aware", "sca", "sca+corrections", "pca_width", "slimming", "l1_filter",
-         "sdsnn", "temporal_pruning"],
+         "sdsnn", "temporal_pruning", "ssnn"],
 )
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods
@@ -308,7 +309,7 @@ def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tensors, meta = load_checkpoint(stage)
     assert meta["step"] == 2  # the method state is in the checkpoint: buffers or session fields
     assert any(".parametrizations." in k or k.startswith("session.") or k.endswith(".leak")
-               for k in tensors)
+               or k.startswith("model.ssnn_heads.") for k in tensors)
     if methods[0]["name"] == "magnitude":  # the masks in the checkpoint are partly zero already
         masks = [k for k in tensors if k.endswith("parametrizations.weight.0.mask")]
         assert masks and any(not tensors[k].all() for k in masks)

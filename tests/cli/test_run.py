@@ -109,12 +109,14 @@ def test_recipes_ship_as_package_data():
 
 
 def _tiny_overrides(d: dict) -> list[str]:
-    """One short epoch per training stage, tiny widths, 2 time steps, 64 training samples."""
+    """One short epoch per training stage, tiny widths, <= 2 time steps, 64 training samples."""
     sets = ["data.limit=64", "data.T=2"]
     if "widths" in d["model"]:
         sets.append(f"model.widths={[4] * len(d['model']['widths'])}")
     for i, stage in enumerate(d["stages"]):
         sets.append(f"stages.{i}.epochs={min(stage['epochs'], 1)}")
+        if stage.get("T"):
+            sets.append(f"stages.{i}.T={min(stage['T'], 2)}")
     return sets
 
 

@@ -26,6 +26,7 @@ from spikecompress.models.conv1d_net import conv1d_net
 from spikecompress.models.conv_net import conv_net
 from spikecompress.models.mlp import mlp
 from spikecompress.models.resnet import resnet, sew_resnet
+from spikecompress.models.time_stages import install_time_stages
 from spikecompress.models.vgg import VGG_WIDTHS, vgg
 
 MODELS = {
@@ -41,7 +42,9 @@ MODELS = {
 # recorded in ``model.spec`` under its key: key → ``install(model, config)``, which adds the
 # structure (its tensors then live in the state_dict) and writes ``model.spec[key] = config``.
 # ``from_spec`` builds the network from the other keys, then runs these installers.
-EXTRAS: dict = {}
+EXTRAS: dict = {
+    "time_stages": install_time_stages,
+}
 
 
 def build(name: str, **spec) -> nn.Module:

@@ -6,22 +6,11 @@ import math
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spikecompress.measure.spikes import SpikeMonitor
 from spikecompress.snn.layers import reset_state
-
-
-def task_loss(out_seq: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:
-    """Classification loss on per-step logits out_seq [T, B, classes] and labels y [B].
-
-    ``ce``: ``CE(mean_t out[t], y)``; ``tet``: ``mean_t CE(out[t], y)`` (Deng et al., ICLR 2022).
-    """
-    if kind == "ce":
-        return F.cross_entropy(out_seq.float().mean(0), y)
-    T = out_seq.shape[0]
-    return F.cross_entropy(out_seq.float().flatten(0, 1), y.repeat(T))  # [T*B, classes] vs [T*B]
+from spikecompress.snn.losses import task_loss
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
