@@ -68,7 +68,7 @@ def stages_for(task: str, variant: str, out: Path) -> list[dict]:
                             init=base)]
     if name == "ssnn":
         steps = [int(s) for s in knob.split("-")]
-        return [_stage("ssnn", 5, E, lr, [{"name": "ssnn", "steps": steps}])]
+        return [_stage("ssnn", 5, E, lr, [{"name": "ssnn", "steps": steps, "transformer": "max"}])]
     raise SystemExit(f"unknown variant {variant!r}")
 
 
