@@ -343,3 +343,13 @@ def test_stage_init_starts_from_an_artifact_or_a_checkpoint(tmp_path):
     d["stages"][0]["init"] = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="stages.0.init: .*missing holds neither"):
         run_recipe(Recipe.from_dict(d), tmp_path / "b", verbose=False)
+
+
+def test_example_recipes_validate():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        recipe = load_recipe(path)
+        assert recipe.stages and dump_yaml(recipe)
