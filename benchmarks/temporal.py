@@ -5,13 +5,17 @@ and MNIST-1D, each variant one resumable recipe run; then one table of every sta
     python benchmarks/temporal.py table            # docs/benchmarks_temporal.md
 
 Tasks: ``events`` = event digits, conv_net [16, 32, 64]; ``mnist1d`` = MNIST-1D, conv1d_net
-[64, 64, 64]; integrate-and-fire neurons with soft reset (the temporal-pruning papers' neuron)
+[64, 64, 64]; ``events_deep`` = event digits, an 8-conv VGG (spike vanishing grows with depth);
+integrate-and-fire neurons with soft reset (the temporal-pruning papers' neuron)
 for every variant; Adam, cosine; T_max = 5. Variants (E = the task's epoch budget):
 ``direct@T``   trained from scratch at T for E + 2·E/3 epochs (the whole gradual path's budget)
                with learnable thresholds and leaks (temporal_pruning attached): the control for
                spike vanishing at low T;
 ``tp``         progressive temporal pruning T = 5 (E epochs) → 3 → 2 → 1 (E/3 each), every stage
                with temporal_pruning, each from the previous (rows at every T);
+``tp_ann``     the authors' hybrid start: the ANN twin (average pooling where the model has
+               pooling) trained E epochs at T = 1, converted (thresholds at the 90th percentile of
+               each layer's activations, IF soft reset), then T = 5 → 3 → 2 → 1 (E/3 each);
 ``seenn1``     TET training at T = 5 (E epochs), then SEENN-I confidence exits at
                α ∈ {0.5, 0.7, 0.9, 0.99, 0.999} (each a 0-epoch stage from the TET model);
 ``seenn2``     the same TET model, then a SEENN-II policy trained E/3 epochs with REINFORCE;
@@ -38,6 +42,9 @@ TASKS = {  # data, model, epochs E, lr
                {"name": "conv_net", "widths": [16, 32, 64], **NEURON}, 30, 5e-3),
     "mnist1d": ({"name": "mnist1d", "T": 5, "batch_size": 64},
                 {"name": "conv1d_net", "widths": [64, 64, 64], **NEURON}, 40, 2e-3),
+    "events_deep": ({"name": "event_digits", "T": 5, "batch_size": 64},
+                    {"name": "vgg", "widths": [16, 16, "M", 32, 32, "M", 64, 64, 64, 64, "M"],
+                     **NEURON}, 30, 2e-3),
 }
 ALPHAS = (0.5, 0.7, 0.9, 0.99, 0.999)
 TP = [{"name": "temporal_pruning"}]
@@ -57,6 +64,10 @@ def stages_for(task: str, variant: str, out: Path) -> list[dict]:
     if name == "tp":
         return [_stage("T5", 5, E, lr, TP)] + [
             _stage(f"T{T}", T, E // 3, lr / 5, TP) for T in (3, 2, 1)]
+    if name == "tp_ann":
+        convert = {"name": "ann_conversion", "percentile": 90.0}
+        return [_stage("ann", 1, E, lr), _stage("convert", 1, 1, 1e-9, [convert])] + [
+            _stage(f"T{T}", T, E // 3, lr / 5, TP) for T in (5, 3, 2, 1)]
     tet = _stage("tet", 5, E, lr, loss="tet")
     base = str(out / "stages/0-tet/artifact")
     if name == "seenn1":
@@ -75,6 +86,8 @@ def stages_for(task: str, variant: str, out: Path) -> list[dict]:
 def run(task: str, variant: str, seed: int) -> Path:
     out = ROOT / task / f"{variant}-s{seed}"
     data, model, _, _ = TASKS[task]
+    if variant == "tp_ann":  # the ANN twin first; max pooling of spikes is not that of rates
+        model = {**model, "spiking": False, **({"pool": "avg"} if "pool" in _params(model) else {})}
     recipe = Recipe.from_dict({"version": 1, "seed": seed, "model": model,
                                "data": {**data, "seed": seed},
                                "stages": stages_for(task, variant, out.resolve())})
@@ -82,6 +95,14 @@ def run(task: str, variant: str, seed: int) -> Path:
     rows = [_row(task, variant, seed, stage, m) for stage, m in result["stages"].items()]
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     return out
+
+
+def _params(model: dict) -> set[str]:
+    import inspect
+
+    from spikecompress.models import MODELS
+
+    return set(inspect.signature(MODELS[model["name"]]).parameters)
 
 
 def _row(task: str, variant: str, seed: int, stage: str, m: dict) -> dict:
