@@ -18,6 +18,7 @@ from spikecompress.compress.prune.stds import STDS
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 from spikecompress.compress.temporal.ann_conversion import ANNConversion
+from spikecompress.compress.temporal.seenn import SEENN
 from spikecompress.compress.temporal.ssnn import SSNN
 from spikecompress.compress.temporal.temporal_pruning import TemporalPruning
 
@@ -39,4 +40,5 @@ METHODS = {
     "temporal_pruning": TemporalPruning,
     "ann_conversion": ANNConversion,
     "ssnn": SSNN,
+    "seenn": SEENN,
 }

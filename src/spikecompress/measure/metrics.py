@@ -1,8 +1,10 @@
 """``measure(model, data)``: one Metrics record for any model, compressed or not.
 
 Accuracy and spikes from the test set, operations from the exact counter (``count``) over every
-test batch, energy from a named profile (L0 compute, L1 memory-aware) beside the ANN twin's, bytes
-of the real artifact on disk (``os.path.getsize`` of the saved files), and CPU latency.
+test batch (with ``model.exit_policy``: the early-exit accuracy and the steps each sample really
+runs, ``measure.early_exit``), energy from a named profile (L0 compute, L1 memory-aware) beside
+the ANN twin's, bytes of the real artifact on disk (``os.path.getsize`` of the saved files), and
+CPU latency (of the full-T forward).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from spikecompress.export import read_spec, save, size_bytes
 from spikecompress.measure.counters import Counts, count
 from spikecompress.measure.energy import ann_energy_pj, energy_pj, get_profile
 from spikecompress.measure.latency import latency_ms
+from spikecompress.measure.reach import SYNAPTIC
 from spikecompress.measure.sparsity import connectivity, neuron_sparsity, weight_sparsity
+from spikecompress.snn.neuron import NEURONS
 
 _SUMMED = ("sops", "macs", "dense_macs", "spikes", "neuron_updates", "samples")
 _LAYER_SUMMED = ("sops", "macs", "dense_macs", "spikes", "neuron_updates", "input_elements")
@@ -101,24 +105,33 @@ def count_loader(model: nn.Module, loader, static_input_once: bool = False) -> t
     return totals, last
 
 
-def _energies(t: dict, profile, membrane_bits: int | None) -> tuple[dict, dict]:
-    """Per-sample SNN and ANN-twin energies at L0 and L1 with the same profile."""
+def layer_steps_run(model: nn.Module, t: dict, T: int) -> dict[str, float]:
+    """The steps each counted layer of the SNN ran per sample: the average exit step (exit
+    policy; its own network is not part of the SNN), its stage's T (time stages,
+    ``models.time_stages``), else T."""
+    if getattr(model, "exit_policy", None) is not None:
+        return {name: t["time_steps"] for name in t["layers"]
+                if not name.startswith("exit_policy.")}
+    from spikecompress.models.time_stages import layer_steps
+
+    steps = layer_steps(model, T, types=(*SYNAPTIC, *NEURONS.values()))
+    return {name: steps.get(name, T) for name in t["layers"]}
+
+
+def _energies(t: dict, steps: dict, profile, membrane_bits: int | None) -> tuple[dict, dict]:
+    """Per-sample SNN and ANN-twin energies at L0 and L1 with the same profile; the twin is one
+    pass: each layer's dense MACs, neuron updates and inputs divided by the ``steps`` it ran."""
+    def one_pass(key: str) -> float:
+        return sum(t["layers"][name][key] / n_steps for name, n_steps in steps.items())
+
     snn, ann = {}, {}
-    T, n = t["time_steps"], t["samples"]
+    n = t["samples"]
     for level in ("L0", "L1"):
         snn[level] = energy_pj(t, profile, level, membrane_bits=membrane_bits)["total_pj"] / n
-        ann[level] = (
-            ann_energy_pj(
-                t["dense_macs"] / T,
-                t["neuron_updates"] / T,
-                profile,
-                level,
-                params=t["weights"],
-                input_elements=(t["spike_input_elements"] + t["real_input_elements"]) / T,
-                samples=n,
-            )["total_pj"]
-            / n
-        )
+        ann[level] = ann_energy_pj(
+            one_pass("dense_macs"), one_pass("neuron_updates"), profile, level,
+            params=t["weights"], input_elements=one_pass("input_elements"), samples=n,
+        )["total_pj"] / n
     return snn, ann
 
 
@@ -163,6 +176,31 @@ def _artifact_stats(path: Path) -> tuple[int, int, dict]:
     return size_bytes(path), bits, per_layer
 
 
+def _accuracy_and_counts(model: nn.Module, loader, static_input_once: bool):
+    """(accuracy, count totals, last Counts, T): with ``model.exit_policy`` the early-exit
+    accuracy and the counts of the steps each sample runs (``totals["time_steps"]`` is then the
+    average exit step; T the full one)."""
+    if getattr(model, "exit_policy", None) is not None:
+        from spikecompress.measure.early_exit import exit_measure
+
+        acc, t, last = exit_measure(model, loader, static_input_once)
+        return acc, t, last, t["full_time_steps"]
+    from spikecompress.train.loop import evaluate
+
+    acc = evaluate(model, loader)["accuracy"]
+    t, last = count_loader(model, loader, static_input_once)
+    return acc, t, last, t["time_steps"]
+
+
+def _average_steps(model: nn.Module, t: dict, T: int) -> float:
+    """Steps a sample costs: the average exit step, or the stage-weighted T of time stages."""
+    if getattr(model, "exit_policy", None) is not None:
+        return float(t["time_steps"])
+    from spikecompress.models.time_stages import average_time_steps
+
+    return float(average_time_steps(model, T))
+
+
 def measure(
     model: nn.Module,
     data,
@@ -178,25 +216,23 @@ def measure(
     saved to a temporary folder and that is sized);
     ``membrane_bits``: the membrane width for L1 (default: the profile's op width).
     """
-    from spikecompress.train.loop import evaluate
-
     prof = get_profile(profile)
-    acc = evaluate(model, data.test)["accuracy"]
-    t, last = count_loader(model, data.test, static_input_once)
+    acc, t, last, T = _accuracy_and_counts(model, data.test, static_input_once)
     if artifact is not None:
         disk, weight_bits, breakdown = _artifact_stats(Path(artifact))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            path = save(model, Path(tmp) / "artifact", meta={"T": t["time_steps"]})
+            path = save(model, Path(tmp) / "artifact", meta={"T": T})
             disk, weight_bits, breakdown = _artifact_stats(path)
-    snn, ann = _energies(t, prof, membrane_bits)
+    steps = layer_steps_run(model, t, T)
+    snn, ann = _energies(t, steps, prof, membrane_bits)
     x_seq = next(iter(data.test))[0]
     n = t["samples"]
     return Metrics(
         accuracy=acc,
         samples=n,
-        time_steps=t["time_steps"],
-        avg_time_steps=float(t["time_steps"]),
+        time_steps=T,
+        avg_time_steps=_average_steps(model, t, T),
         params=last.params,
         params_nonzero=sum(int((p != 0).sum()) for p in model.parameters()),
         weight_bits=weight_bits,
