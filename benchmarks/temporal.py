@@ -11,8 +11,9 @@ for every variant; Adam, cosine; T_max = 5. Variants (E = the task's epoch budge
 ``direct@T``   trained from scratch at T for E + 2·E/3 epochs (the whole gradual path's budget)
                with learnable thresholds and leaks (temporal_pruning attached): the control for
                spike vanishing at low T;
-``tp``         progressive temporal pruning T = 5 (E epochs) → 3 → 2 → 1 (E/3 each), every stage
-               with temporal_pruning, each from the previous (rows at every T);
+``tp``         progressive temporal pruning T = 5 (E epochs) → 3 → 2 → 1 (E/3 each at lr/5;
+               ``tp@1`` at the full lr), every stage with temporal_pruning, each from the previous
+               (rows at every T);
 ``tp_ann``     the authors' hybrid start: the ANN twin (average pooling where the model has
                pooling) trained E epochs at T = 1, converted (thresholds at the 90th percentile of
                each layer's activations, IF soft reset), then T = 5 → 3 → 2 → 1 (E/3 each);
@@ -61,9 +62,10 @@ def stages_for(task: str, variant: str, out: Path) -> list[dict]:
     name, _, knob = variant.partition("@")
     if name == "direct":
         return [_stage(f"T{knob}", int(knob), E + 2 * (E // 3), lr, TP)]
-    if name == "tp":
+    if name == "tp":  # knob: the later stages' lr as a fraction of lr (default 1/5)
+        late = lr * (float(knob) if knob else 0.2)
         return [_stage("T5", 5, E, lr, TP)] + [
-            _stage(f"T{T}", T, E // 3, lr / 5, TP) for T in (3, 2, 1)]
+            _stage(f"T{T}", T, E // 3, late, TP) for T in (3, 2, 1)]
     if name == "tp_ann":
         convert = {"name": "ann_conversion", "percentile": 90.0}
         return [_stage("ann", 1, E, lr), _stage("convert", 1, 1, 1e-9, [convert])] + [
