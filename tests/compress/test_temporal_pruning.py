@@ -138,8 +138,9 @@ def test_ann_conversion_copies_weights_and_sets_percentile_thresholds(data):
     acts = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: acts.setdefault(n, []).append(o))
              for n, m in ann.named_modules() if isinstance(m, torch.nn.ReLU)]
-    for x_seq, _ in data.test:
-        ann(x_seq)
+    with torch.no_grad():
+        for x_seq, _ in data.test:
+            ann(x_seq)
     for h in hooks:
         h.remove()
     snn = session.finalize()
