@@ -18,7 +18,8 @@ for every variant; Adam, cosine; T_max = 5. Variants (E = the task's epoch budge
                pooling) trained E epochs at T = 1, converted (thresholds at the 90th percentile of
                each layer's activations, IF soft reset), then T = 5 → 3 → 2 → 1 (E/3 each);
 ``seenn1``     TET training at T = 5 (E epochs), then SEENN-I confidence exits at
-               α ∈ {0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 0.999} (each a 0-epoch stage from the TET model);
+               α ∈ {0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 0.999} (each a 0-epoch stage
+               from the TET model);
 ``seenn2``     the same TET model, then a SEENN-II policy trained E/3 epochs with REINFORCE;
 ``ssnn@S``     SSNN from scratch for E epochs: stage 1 at T = 5, later stages at the steps S
                (e.g. ``ssnn@3-1``), early classifiers in training only.
