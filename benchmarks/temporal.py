@@ -141,6 +141,30 @@ def table(out: Path) -> None:
                 f"{r['energy_L0_nJ']:.1f} | {r['ann_L0_nJ']:.1f} | {r['min_rate']:.4f} |")
         lines.append("")
     out.write_text("\n".join(lines))
+    plot(out.with_suffix(".png"))
+
+
+def plot(path: Path) -> None:
+    """Accuracy vs average time steps, one panel per task, one series per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if list((ROOT / t).glob("*/rows.json"))]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for f in sorted((ROOT / task).glob("*/rows.json")):
+            rows = [r for r in json.loads(f.read_text()) if r["stage"] not in ("ann", "convert")]
+            rows = sorted((r for r in rows if r["stage"] != "tet" or r["variant"] == "seenn1"),
+                          key=lambda r: r["avg_steps"])
+            ax.plot([r["avg_steps"] for r in rows], [100 * r["accuracy"] for r in rows],
+                    "o-" if len(rows) > 1 else "o", label=rows[0]["variant"])
+        ax.set(title=task, xlabel="average time steps per sample", ylabel="test accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
