@@ -71,7 +71,8 @@ def _check_meta(meta: dict | None) -> dict:
 
 def _spec_bytes(doc: dict) -> bytes:
     try:
-        return (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode()
+        # compact: spec.json's bytes are part of what the artifact costs
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as e:
         raise ValueError(f"model spec and meta must be JSON-serialisable: {e}") from None
 
