@@ -51,6 +51,10 @@ def test_select_defaults_to_conv_and_linear_and_names_bad_patterns():
         select(_model(), include=["nothing"])
     with pytest.raises(ValueError, match="include: invalid regex"):
         select(_model(), include=["("])
+    aux = _model()
+    aux.exit_policy = torch.nn.Sequential(torch.nn.Linear(4, 2))  # a network beside the SNN
+    assert [n for n, _ in select(aux)] == names  # never picked implicitly
+    assert [n for n, _ in select(aux, include=[r"exit_policy\..*"])] == ["exit_policy.0"]
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cubic"])

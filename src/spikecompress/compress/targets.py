@@ -12,6 +12,8 @@ log = logging.getLogger("spikecompress.targets")
 
 # conv and linear by default (never silently linear only); our time-folded layers subclass these
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# networks beside the SNN (SEENN-II's exit policy, SSNN's training heads): never picked implicitly
+AUXILIARY = ("exit_policy.", "ssnn_heads.")
 
 
 def select(
@@ -23,7 +25,8 @@ def select(
     """The (qualified name, module) pairs to compress, in model order.
 
     A module is picked when it is an instance of one of ``types``, its name matches one of the
-    ``include`` regexes (``re.fullmatch``; no include = every name) and none of ``exclude``.
+    ``include`` regexes (``re.fullmatch``; no include = every name outside the ``AUXILIARY``
+    networks) and none of ``exclude``.
     Exclude wins over include. Logs the picked names at INFO. Raises ValueError when nothing is
     picked or a pattern is not a valid regex (naming it).
     """
@@ -33,7 +36,7 @@ def select(
         for name, m in model.named_modules()
         if name
         and isinstance(m, tuple(types))
-        and (not inc or any(p.fullmatch(name) for p in inc))
+        and (any(p.fullmatch(name) for p in inc) if inc else not name.startswith(AUXILIARY))
         and not any(p.fullmatch(name) for p in exc)
     ]
     if not picked:
