@@ -47,3 +47,18 @@ def test_report_needs_measured_runs(tmp_path, capsys):
 def test_measure_unknown_path_is_one_line(tmp_path, capsys):
     assert main(["measure", str(tmp_path)]) == 2
     assert "neither checkpoint.json" in capsys.readouterr().err
+
+
+def test_measure_of_an_early_exit_artifact_prints_its_average_steps(run, tmp_path, capsys):
+    from spikecompress.export import load, read_spec, save
+    from spikecompress.models.exit_policy import install_exit_policy
+
+    model = load(run / "artifact")
+    install_exit_policy(model, {"kind": "confidence", "alpha": 0.0})  # every sample exits at 1
+    meta = read_spec(run / "artifact")["meta"]
+    save(model, tmp_path / "exit", meta=meta)
+    out = tmp_path / "m.json"
+    assert main(["measure", str(tmp_path / "exit"), "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["time_steps"] == 2 and m["avg_time_steps"] == 1.0
+    assert "T=2, 1.00 steps per sample on average" in capsys.readouterr().out

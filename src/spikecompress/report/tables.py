@@ -15,8 +15,12 @@ def print_metrics(m: dict, title: str, console: Console | None = None) -> None:
     console = console or Console(width=max(Console().width, 110))
     totals = Table(title=title, show_header=False)
     e, ann = m["energy_pj_per_sample"], m["ann_energy_pj_per_sample"]
+    steps = f"T={m['time_steps']}"
+    avg = m.get("avg_time_steps", m["time_steps"])
+    if avg != m["time_steps"]:
+        steps += f", {avg:.2f} steps per sample on average"
     rows = [
-        ("accuracy", f"{100 * m['accuracy']:.2f}% on {m['samples']} samples, T={m['time_steps']}"),
+        ("accuracy", f"{100 * m['accuracy']:.2f}% on {m['samples']} samples, {steps}"),
         ("params (non-zero)", f"{m['params']:,} ({m['params_nonzero']:,})"),
         ("bytes on disk", f"{m['size_bytes']:,} (widest weight {m['weight_bits']} bits)"),
         ("spikes / sample", f"{m['spikes_per_sample']:,.1f}"),
