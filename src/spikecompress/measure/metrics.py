@@ -201,6 +201,26 @@ def _average_steps(model: nn.Module, t: dict, T: int) -> float:
     return float(average_time_steps(model, T))
 
 
+def _sized(model: nn.Module, artifact: str | Path | None, T: int) -> tuple[int, int, dict]:
+    """``_artifact_stats`` of the given artifact, or of the model saved to a temporary folder."""
+    if artifact is not None:
+        return _artifact_stats(Path(artifact))
+    with tempfile.TemporaryDirectory() as tmp:
+        return _artifact_stats(save(model, Path(tmp) / "artifact", meta={"T": T}))
+
+
+def _neurobench(t: dict, last: Counts) -> dict:
+    """The figures under NeuroBench 2.3's names, per sample over the whole test set."""
+    n = t["samples"]
+    return {
+        **last.to_neurobench(),
+        "Effective_ACs": t["sops"] / n,
+        "Effective_MACs": t["macs"] / n,
+        "Dense": t["dense_macs"] / n,
+        "ActivationSparsity": 1 - t["spikes"] / max(t["neuron_updates"], 1),
+    }
+
+
 def measure(
     model: nn.Module,
     data,
@@ -218,12 +238,7 @@ def measure(
     """
     prof = get_profile(profile)
     acc, t, last, T = _accuracy_and_counts(model, data.test, static_input_once)
-    if artifact is not None:
-        disk, weight_bits, breakdown = _artifact_stats(Path(artifact))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save(model, Path(tmp) / "artifact", meta={"T": T})
-            disk, weight_bits, breakdown = _artifact_stats(path)
+    disk, weight_bits, breakdown = _sized(model, artifact, T)
     steps = layer_steps_run(model, t, T)
     snn, ann = _energies(t, steps, prof, membrane_bits)
     x_seq = next(iter(data.test))[0]
@@ -252,11 +267,5 @@ def measure(
         profile=prof.name,
         layers=_layer_table(t, prof),
         size_breakdown=breakdown,
-        neurobench={
-            **last.to_neurobench(),
-            "Effective_ACs": t["sops"] / n,
-            "Effective_MACs": t["macs"] / n,
-            "Dense": t["dense_macs"] / n,
-            "ActivationSparsity": 1 - t["spikes"] / max(t["neuron_updates"], 1),
-        },
+        neurobench=_neurobench(t, last),
     )
