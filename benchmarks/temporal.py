@@ -21,6 +21,8 @@ for every variant; Adam, cosine; T_max = 5. Variants (E = the task's epoch budge
                α ∈ {0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 0.999} (each a 0-epoch stage
                from the TET model);
 ``seenn2``     the same TET model, then a SEENN-II policy trained E/3 epochs with REINFORCE;
+``lite@B``     LitE-SNN after E dense epochs at T = 5: E/2 epochs (half search of per-layer
+               prune ratio × bits and T ∈ {1, 2, 3, 5} under Bit-SynOps budget B, half fine-tune);
 ``ssnn@S``     SSNN from scratch for E epochs: stage 1 at T = 5, later stages at the steps S
                (e.g. ``ssnn@3-1``), early classifiers in training only.
 Rows report the measured accuracy, T, average time steps per sample (exits, stage weights), SOPs
@@ -80,6 +82,11 @@ def stages_for(task: str, variant: str, out: Path) -> list[dict]:
     if name == "seenn2":
         return [tet, _stage("policy", 5, E // 3, lr, [{"name": "seenn", "mode": "policy"}],
                             init=base)]
+    if name == "lite":  # knob: the Bit-SynOps budget
+        lite = {"name": "lite_snn", "budget": float(knob), "search": 0.5,
+                "candidates": {"ratios": [0.0, 0.5, 0.75], "bits": [8, 4, 2],
+                               "steps": [1, 2, 3, 5]}}
+        return [_stage("T5", 5, E, lr), _stage("lite", 5, E // 2, lr / 5, [lite])]
     if name == "ssnn":
         steps = [int(s) for s in knob.split("-")]
         return [_stage("ssnn", 5, E, lr, [{"name": "ssnn", "steps": steps, "transformer": "max"}])]

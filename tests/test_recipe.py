@@ -281,10 +281,11 @@ def _equal(a: dict, b: dict) -> bool:
         [{"name": "temporal_pruning"}],
         [{"name": "ssnn", "steps": [1], "transformer": "learnable", "T": 2}],
         [{"name": "seenn", "mode": "policy"}],
+        [{"name": "lite_snn", "search": 0.75}],
     ],
     ids=["magnitude", "magnitude+uniform_quant", "weight_sharing", "admm", "esl", "gradr", "stds",
          "lats", "sops_aware", "sca", "sca+corrections", "pca_width", "slimming", "l1_filter",
-         "sdsnn", "temporal_pruning", "ssnn", "seenn"],
+         "sdsnn", "temporal_pruning", "ssnn", "seenn", "lite_snn"],
 )
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods

@@ -297,3 +297,32 @@ def test_early_exit_predict_is_deterministic_and_needs_a_policy(trained, data):
     p2, s2 = early_exit_predict(m, x_seq)
     assert torch.equal(p1, p2) and torch.equal(s1, s2) and m.training
     assert math.isclose(average_exit_step(s1), float(s1.double().mean()))
+
+
+# -- the fixed policy (LitE-SNN's searched T*) ----------------------------------------------------
+def test_fixed_policy_runs_exactly_its_steps(trained, data, tmp_path):
+    at_two = measure(trained, SimpleNamespace(test=_Prefix(data.test, 2)), latency_repeats=1)
+    m = _with_policy(trained, {"kind": "fixed", "steps": 2})
+    got = measure(m, data, latency_repeats=1)
+    assert got.avg_time_steps == 2.0 and got.time_steps == 4
+    want, got_fig = _figures(at_two), _figures(got)
+    for key in ("time_steps", "latency_ms"):
+        want.pop(key, None), got_fig.pop(key, None)
+    assert got_fig == want  # the model run at T = 2: accuracy, SOPs, spikes, energies
+    x_seq = next(iter(data.test))[0]
+    preds, steps = early_exit_predict(m, x_seq)
+    assert (steps == 2).all() and torch.equal(preds, trained(x_seq)[:2].sum(0).argmax(-1))
+    reset_state(trained)
+    loaded = load(save(m, tmp_path / "a"))
+    assert loaded.spec["exit_policy"] == {"kind": "fixed", "steps": 2}
+    assert measure(loaded, data, latency_repeats=1).avg_time_steps == 2.0
+
+
+def test_fixed_policy_longer_than_T_runs_to_the_end_and_is_validated(trained, data):
+    m = _with_policy(trained, {"kind": "fixed", "steps": 9})
+    assert measure(m, data, latency_repeats=1).avg_time_steps == 4.0
+    for bad, match in [({"kind": "fixed"}, "needs 'steps'"), ({"kind": "fixed", "steps": 0},
+                       "steps must be an int >= 1"), ({"kind": "fixed", "steps": 2, "alpha": 1},
+                                                     "unknown key")]:
+        with pytest.raises(ValueError, match=match):
+            install_exit_policy(copy.deepcopy(trained), bad)

@@ -18,6 +18,7 @@ from spikecompress.compress.prune.stds import STDS
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 from spikecompress.compress.temporal.ann_conversion import ANNConversion
+from spikecompress.compress.temporal.lite_snn import LiteSNN
 from spikecompress.compress.temporal.seenn import SEENN
 from spikecompress.compress.temporal.ssnn import SSNN
 from spikecompress.compress.temporal.temporal_pruning import TemporalPruning
@@ -41,4 +42,5 @@ METHODS = {
     "ann_conversion": ANNConversion,
     "ssnn": SSNN,
     "seenn": SEENN,
+    "lite_snn": LiteSNN,
 }

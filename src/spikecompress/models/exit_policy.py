@@ -17,6 +17,10 @@ first t steps of the full run (``measure.early_exit`` relies on this and tests i
   t_max) → logits over t ∈ {1..min(T, t_max)} (later actions masked, so T stays a runtime
   argument); at inference it picks argmax. Trained by ``compress.temporal.seenn.SEENN``.
 
+* ``FixedExit`` (``{"kind": "fixed", "steps": k}``; LitE-SNN's searched T*, ``compress.temporal.
+  lite_snn``): parameter-free, every sample runs exactly min(k, T) steps and predicts argmax of
+  Σ_{k'≤min(k, T)} out[k'] (a model run at a T below k is run to its end: our choice).
+
 ``install_exit_policy(model, config)`` builds the policy from its JSON config, sets
 ``model.exit_policy`` and ``model.spec["exit_policy"] = config`` (registered in ``models.EXTRAS``,
 so artifacts round-trip it; the policy network's weights travel in the state_dict).
@@ -35,7 +39,7 @@ from spikecompress.models.checks import check_choice, check_float, check_int, ch
 
 KEY = "exit_policy"
 SCORES = ("max_softmax", "entropy")
-POLICY_KINDS = ("confidence", "policy")
+POLICY_KINDS = ("confidence", "policy", "fixed")
 
 
 def exit_scores(z: torch.Tensor, score: str = "max_softmax", temperature: float = 1.0):
@@ -151,6 +155,24 @@ class PolicyExit(nn.Module):
         return steps, predictions_at(out_seq, steps)
 
 
+class FixedExit(nn.Module):
+    """Every sample runs exactly ``steps`` time steps (min(steps, T) when T is shorter)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = check_int("steps", steps)
+
+    @property
+    def config(self) -> dict:
+        return {"kind": "fixed", "steps": self.steps}
+
+    def forward(self, x_seq: torch.Tensor, out_seq: torch.Tensor):
+        """(steps [B] = min(steps, T), preds [B]) from the full-T logits out_seq [T, B, K]."""
+        T, B = int(out_seq.shape[0]), int(out_seq.shape[1])
+        steps = torch.full((B,), min(self.steps, T), dtype=torch.int64, device=out_seq.device)
+        return steps, predictions_at(out_seq, steps)
+
+
 def _check_alpha(alpha: object) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) \
             or alpha < 0:
@@ -164,12 +186,16 @@ def build_exit_policy(config: dict) -> nn.Module:
         raise ValueError(f"exit_policy must be a mapping, got {config!r}")
     kind = check_choice("exit_policy.kind", config.get("kind"), POLICY_KINDS)
     fields = {"confidence": ("alpha", "score", "temperature"),
-              "policy": ("in_shape", "hidden", "t_max", "pool")}[kind]
+              "policy": ("in_shape", "hidden", "t_max", "pool"),
+              "fixed": ("steps",)}[kind]
     unknown = sorted(set(config) - {"kind", *fields})
     if unknown:
         raise ValueError(f"exit_policy: unknown key(s) {unknown} for kind {kind!r}")
     args = {k: config[k] for k in fields if k in config}
-    return ConfidenceExit(**args) if kind == "confidence" else PolicyExit(**args)
+    if kind == "fixed" and "steps" not in args:
+        raise ValueError("exit_policy: kind 'fixed' needs 'steps' (an int >= 1)")
+    cls = {"confidence": ConfidenceExit, "policy": PolicyExit, "fixed": FixedExit}[kind]
+    return cls(**args)
 
 
 def install_exit_policy(model: nn.Module, config: dict) -> nn.Module:
