@@ -21,6 +21,8 @@ for every variant; Adam, cosine; T_max = 5. Variants (E = the task's epoch budge
                α ∈ {0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 0.999} (each a 0-epoch stage
                from the TET model);
 ``seenn2``     the same TET model, then a SEENN-II policy trained E/3 epochs with REINFORCE;
+``seenn2h``    the same with 20% of the training set held out of TET training: the policy's
+               rewards come from samples the SNN has not seen (``train_on: holdout``);
 ``lite@B``     LitE-SNN after E dense epochs at T = 5: E/2 epochs (half search of per-layer
                prune ratio × bits and T ∈ {1, 2, 3, 5} under Bit-SynOps budget B, half fine-tune);
 ``ssnn@S``     SSNN from scratch for E epochs: stage 1 at T = 5, later stages at the steps S
@@ -79,9 +81,11 @@ def stages_for(task: str, variant: str, out: Path) -> list[dict]:
         return [tet] + [
             _stage(f"alpha{a}", 5, 0, lr, [{"name": "seenn", "alpha": a}], init=base)
             for a in ALPHAS]
-    if name == "seenn2":
-        return [tet, _stage("policy", 5, E // 3, lr, [{"name": "seenn", "mode": "policy"}],
-                            init=base)]
+    if name in ("seenn2", "seenn2h"):  # seenn2h: rewards from held-out samples
+        policy = _stage("policy", 5, E // 3, lr, [{"name": "seenn", "mode": "policy"}], init=base)
+        if name == "seenn2h":
+            policy["train_on"] = "holdout"
+        return [tet, policy]
     if name == "lite":  # knob: the Bit-SynOps budget
         lite = {"name": "lite_snn", "budget": float(knob), "search": 0.5,
                 "candidates": {"ratios": [0.0, 0.5, 0.75], "bits": [8, 4, 2],
@@ -96,6 +100,8 @@ def stages_for(task: str, variant: str, out: Path) -> list[dict]:
 def run(task: str, variant: str, seed: int) -> Path:
     out = ROOT / task / f"{variant}-s{seed}"
     data, model, _, _ = TASKS[task]
+    if variant == "seenn2h":
+        data = {**data, "holdout": 0.2}
     if variant == "tp_ann":  # the ANN twin first; max pooling of spikes is not that of rates
         model = {**model, "spiking": False, **({"pool": "avg"} if "pool" in _params(model) else {})}
     recipe = Recipe.from_dict({"version": 1, "seed": seed, "model": model,

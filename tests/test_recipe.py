@@ -165,6 +165,10 @@ def test_overrides_are_type_checked_and_applied():
         (lambda d: d["stages"][0].pop("epochs"), "stages.0.epochs: missing"),
         (lambda d: d["stages"][1].update(T=0), "stages.1.T must be an integer >= 1 or null"),
         (lambda d: d["stages"][1].update(T=1.5), "stages.1.T: expected int | null, got 1.5"),
+        (lambda d: d["stages"][1].update(train_on="test"), "stages.1.train_on must be one of"),
+        (lambda d: d["stages"][1].update(train_on="holdout"),
+         "stages.1.train_on: holdout needs data.holdout > 0"),
+        (lambda d: d["data"].update(holdout=1.0), "data.holdout must be a fraction in [0, 1)"),
         (lambda d: d.pop("data"), "data: missing"),
         (lambda d: d["stages"].clear(), "stages: a recipe needs at least one stage"),
         (lambda d: d.update(stages={"name": "x"}), "stages: expected list[mapping]"),
@@ -253,6 +257,16 @@ def test_each_stage_runs_and_records_its_own_T(tmp_path):
                   _state(tmp_path / "run/stages/1-prune/artifact"))
     sops = [result["stages"][n]["sops_per_sample"] for n in ("dense", "prune")]
     assert sops[1] < sops[0]
+
+
+def test_a_stage_can_train_on_the_held_out_samples_only(tmp_path):
+    d = _tiny(prune_epochs=1)
+    d["data"]["holdout"] = 0.25  # 128 samples: 96 to train (2 batches), 32 held out (1 batch)
+    d["stages"][1].update(train_on="holdout", methods=[])
+    run_recipe(Recipe.from_dict(d), tmp_path / "run", verbose=False)
+    steps = [load_checkpoint(tmp_path / f"run/stages/{i}-{n}")[1]["step"]
+             for i, n in enumerate(["dense", "prune"])]
+    assert steps == [2, 1]
 
 
 def _equal(a: dict, b: dict) -> bool:

@@ -116,7 +116,7 @@ def _run_stage(
     meta = {"data": asdict(config), "stage": stage.name, "recipe": recipe.to_dict()}
     trainer = Trainer(
         model,
-        data,
+        data if stage.train_on == "train" else replace(data, train=data.holdout),
         cfg,
         out_dir=stage_dir,
         session=session,

@@ -32,6 +32,7 @@ from spikecompress.train.config import LOSSES, OPTIMIZERS, SCHEDULES
 
 RECIPE_VERSION = 1
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+TRAIN_SPLITS = ("train", "holdout")
 
 
 class _Model: ...  # type marker: a model spec, checked against the builder MODELS[name]
@@ -73,6 +74,8 @@ class Stage:
     ``T``: the time steps this stage trains and is measured at (default: the data's ``T``); the
     data is re-encoded (event recordings re-binned into ``T`` frames) and the stage's artifact
     records it. A recipe of stages at decreasing ``T`` is progressive temporal pruning.
+    ``train_on``: "train", or "holdout" (the samples ``data.holdout`` sets aside, which earlier
+    stages never saw).
     """
 
     name: str
@@ -82,6 +85,7 @@ class Stage:
     methods: list[dict] = field(default_factory=list)
     init: str | None = None
     T: int | None = None
+    train_on: str = "train"
 
     def __post_init__(self) -> None:
         if not _STAGE_NAME.fullmatch(self.name):
@@ -95,6 +99,8 @@ class Stage:
             raise ValueError("init must be a path or null, got ''")
         if self.T is not None and self.T < 1:
             raise ValueError(f"T must be an integer >= 1 or null, got {self.T}")
+        if self.train_on not in TRAIN_SPLITS:
+            raise ValueError(f"train_on must be one of {list(TRAIN_SPLITS)}, got {self.train_on!r}")
 
     def build_methods(self) -> list:
         """Fresh method instances (their runtime state empty) for one run of this stage."""
@@ -131,6 +137,9 @@ class Recipe:
             raise ValueError(f"stages.{twice[0]}.name: {names[twice[0]]!r} is used twice")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        held = [i for i, s in enumerate(self.stages) if s.train_on == "holdout"]
+        if held and not self.data.holdout:
+            raise ValueError(f"stages.{held[0]}.train_on: holdout needs data.holdout > 0")
 
     def to_dict(self) -> dict:
         """The recipe as plain YAML/JSON values (every field, method fields resolved)."""

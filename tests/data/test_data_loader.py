@@ -83,3 +83,18 @@ def test_event_frames_are_transposed():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make(**kwargs)
+
+
+def test_holdout_sets_training_samples_aside():
+    from spikecompress.data import DataConfig, load_data
+
+    full = load_data(DataConfig(name="digits", T=1, batch_size=512))
+    data = load_data(DataConfig(name="digits", T=1, batch_size=512, holdout=0.2))
+    rows = {  # every training sample lands in exactly one split
+        split: {tuple(x[0, i].flatten().tolist()) for x, _ in loader for i in range(x.shape[1])}
+        for split, loader in (("all", full.train), ("train", data.train), ("held", data.holdout))
+    }
+    assert rows["train"].isdisjoint(rows["held"]) and rows["train"] | rows["held"] == rows["all"]
+    held = sum(len(y) for _, y in data.holdout)
+    assert held == round(0.2 * sum(len(y) for _, y in full.train))
+    assert full.holdout is None

@@ -34,6 +34,10 @@ class DataConfig:
     folder for generated sets (default $SPIKECOMPRESS_CACHE, else ~/.cache/spikecompress).
     ``seed``: split, event generation, shuffling and Poisson spikes. ``limit``: keep a
     class-balanced subset of the first ``limit`` training samples (test set untouched).
+    ``holdout``: the fraction of those training samples set aside as ``Data.holdout`` (the train
+    split keeps a class-balanced subset, the holdout the rest; never in ``Data.train``): data a
+    later stage can learn from that the model was not trained on (SEENN-II's exit rewards; a
+    recipe stage's ``train_on: holdout``).
     """
 
     name: str
@@ -43,6 +47,7 @@ class DataConfig:
     root: str | None = None
     seed: int = 0
     limit: int | None = None
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -59,6 +64,11 @@ class DataConfig:
             raise ValueError(f"data.seed must be an integer >= 0, got {self.seed!r}")
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
             raise ValueError(f"data.limit must be None or an integer >= 1, got {self.limit!r}")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, int | float) or not (
+            0 <= self.holdout < 1
+        ):
+            raise ValueError(f"data.holdout must be a fraction in [0, 1), got {self.holdout!r}")
+        self.holdout = float(self.holdout)
         if isinstance(self.root, os.PathLike):
             self.root = os.fspath(self.root)
         if self.root is not None and not isinstance(self.root, str):
@@ -73,13 +83,15 @@ class DataConfig:
 @dataclass
 class Data:
     """Loaders plus what a model builder needs: ``input_shape`` is one time step of one sample,
-    e.g. (1, 8, 8), (1, 40), (2, 22, 22), (3, 32, 32)."""
+    e.g. (1, 8, 8), (1, 40), (2, 22, 22), (3, 32, 32). ``holdout``: the training samples set
+    aside by ``DataConfig.holdout`` (shuffled like ``train``), None without."""
 
     train: Loader
     test: Loader
     input_shape: tuple[int, ...]
     classes: int
     name: str
+    holdout: Loader | None = None
 
 
 def _digits(cfg: DataConfig) -> Arrays:
@@ -141,6 +153,15 @@ def load_data(cfg: DataConfig) -> Data:
     if cfg.limit is not None:
         keep = stratified_head(y_train, cfg.limit)
         x_train, y_train = x_train[keep], y_train[keep]
+    held = None
+    if cfg.holdout > 0:
+        keep = stratified_head(y_train, round(len(y_train) * (1 - cfg.holdout)))
+        out = np.setdiff1d(np.arange(len(y_train)), keep)  # [H] the rest, in order
+        if not len(out) or not len(keep):
+            raise ValueError(f"data.holdout {cfg.holdout} leaves an empty split of "
+                             f"{len(y_train)} training samples")
+        held = (x_train[out], y_train[out])
+        x_train, y_train = x_train[keep], y_train[keep]
     encoding = "events" if cfg.is_events else cfg.encoding
 
     def loader(x: np.ndarray, y: np.ndarray, train: bool) -> Loader:
@@ -156,4 +177,5 @@ def load_data(cfg: DataConfig) -> Data:
         input_shape=sample_shape,
         classes=arrays.classes,
         name=cfg.name,
+        holdout=None if held is None else loader(*held, train=True),
     )

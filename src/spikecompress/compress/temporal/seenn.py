@@ -25,9 +25,11 @@ parameter-free ``ConfidenceExit``; ``freeze_snn`` and ``policy`` are not used in
   Correct at T earns 0 and any wrong answer −penalty, so an input that only the full T gets right
   is pushed to T, and one right at t = 1 to 1. For inputs the policy cannot tell apart, t beats T
   iff P(right at t) · (1 − (t/T)^power + penalty) > penalty · P(right at T): ``penalty`` sets the
-  accuracy / steps trade-off. The rewards come from the *training* set: where the SNN is right at
-  t = 1 on nearly every training input (measured: 98.9 % MNIST-1D, 99.5 % event digits after 60 /
-  30 TET epochs), the policy learns to exit at 1 and reaches the test accuracy of t = 1.
+  accuracy / steps trade-off. The rewards come from the batches the stage trains on: on the SNN's
+  own training set it is right at t = 1 on nearly every input (measured: 98.9 % MNIST-1D, 99.5 %
+  event digits after 60 / 30 TET epochs), so the policy learns to exit at 1 and reaches the test
+  accuracy of t = 1. Hold samples out of the SNN's training (``data.holdout``) and train the
+  policy stage on them (``train_on: holdout``) for rewards that reflect unseen inputs.
 * REINFORCE: loss = −mean((r − b) · log π(a|x)) − entropy_bonus · mean H(π(·|x)), b the baseline:
   ``"running"`` (an exponential mean of the batch-mean rewards with ``momentum``, started at the
   first batch's mean; kept in the runtime field ``baseline_`` so a killed run resumes exactly) or
