@@ -32,7 +32,7 @@ def model_spec_for(name: str, data, widths, neuron: str, spiking: bool) -> dict:
 def run_recipe(args: argparse.Namespace) -> int:
     """``spikecompress run``: load the recipe (file or shipped name), apply ``--set``, run it."""
     from spikecompress.pipeline import run_recipe as run
-    from spikecompress.recipe import load_recipe
+    from spikecompress.recipe_files import load_recipe
     from spikecompress.report import print_comparison
     from spikecompress.train import set_threads
 

@@ -31,7 +31,8 @@ from torch import nn
 
 from spikecompress.atomic import atomic_writer
 from spikecompress.compress.session import attach
-from spikecompress.recipe import Recipe, Stage, dump_yaml, parse_yaml
+from spikecompress.recipe import Recipe, Stage
+from spikecompress.recipe_files import dump_yaml, parse_yaml
 from spikecompress.train.checkpoint import atomic_write_json
 
 EFFECTIVE = "recipe.effective.yaml"
