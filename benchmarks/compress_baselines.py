@@ -19,12 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from spikecompress.commands import model_spec_for
 from spikecompress.compress import METHODS, attach
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import save, size_bytes
+from spikecompress.measurement import evaluate
 from spikecompress.models import from_spec
-from spikecompress.train import TrainConfig, Trainer, evaluate, seed_everything, set_threads
+from spikecompress.run.commands import model_spec_for
+from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 
 KEEP_DENSE = ["features.0.conv", "classifier.fc"]
 VARIANTS = (

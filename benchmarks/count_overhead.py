@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from spikecompress.measure import count
+from spikecompress.measurement import count
 from spikecompress.models import build
 from spikecompress.snn import reset_state
 

@@ -15,10 +15,10 @@ import platform
 import time
 from pathlib import Path
 
-from spikecompress.commands import model_spec_for
 from spikecompress.data import DataConfig, load_data
-from spikecompress.measure import measure
+from spikecompress.measurement import measure
 from spikecompress.models import from_spec
+from spikecompress.run.commands import model_spec_for
 from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 
 # name -> (data config, model name, widths, epochs, lr, goal, anchor from specs/data.md §3)

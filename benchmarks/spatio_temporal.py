@@ -26,9 +26,9 @@ import torch
 
 from spikecompress.data import load_data
 from spikecompress.export import load
-from spikecompress.pipeline import run_recipe
-from spikecompress.recipe import Recipe
-from spikecompress.recipe_files import load_recipe
+from spikecompress.run.recipe import Recipe
+from spikecompress.run.recipe_files import load_recipe
+from spikecompress.run.stages import run_recipe
 from spikecompress.snn.layers import reset_state
 from spikecompress.train import set_threads
 

@@ -31,7 +31,7 @@ import torch
 from spikecompress.compress import METHODS, attach
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import save
-from spikecompress.measure import measure
+from spikecompress.measurement import measure
 from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 from unstructured import TASKS, dense_model
 

@@ -37,8 +37,8 @@ import argparse
 import json
 from pathlib import Path
 
-from spikecompress.pipeline import run_recipe
-from spikecompress.recipe import Recipe
+from spikecompress.run.recipe import Recipe
+from spikecompress.run.stages import run_recipe
 from spikecompress.train import set_threads
 
 ROOT = Path("runs/bench_temporal")

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from spikecompress.commands import model_spec_for
 from spikecompress.compress import METHODS, attach
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import load, save
-from spikecompress.measure import measure
-from spikecompress.measure.sparsity import connectivity, neuron_sparsity, weight_sparsity
+from spikecompress.measurement import measure
+from spikecompress.measurement.sparsity import connectivity, neuron_sparsity, weight_sparsity
 from spikecompress.models import from_spec
+from spikecompress.run.commands import model_spec_for
 from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 
 ROOT = Path("runs/bench_unstructured")

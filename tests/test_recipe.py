@@ -8,9 +8,9 @@ from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.session import Session
 from spikecompress.data import DataConfig
 from spikecompress.export import load
-from spikecompress.pipeline import run_recipe
-from spikecompress.recipe import OptimizerConfig, Recipe, Stage
-from spikecompress.recipe_files import apply_overrides, dump_yaml, load_recipe, shipped_recipes
+from spikecompress.run.recipe import OptimizerConfig, Recipe, Stage
+from spikecompress.run.recipe_files import apply_overrides, dump_yaml, load_recipe, shipped_recipes
+from spikecompress.run.stages import run_recipe
 from spikecompress.train import load_checkpoint
 
 ISSUE_EXAMPLE = """

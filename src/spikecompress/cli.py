@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spikecompress import __version__
+from spikecompress._version import __version__
+from spikecompress.run import commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spikecompress import commands
 
     try:
         args = build_parser().parse_args(argv)

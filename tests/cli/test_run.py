@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from spikecompress.cli import main
-from spikecompress.recipe_files import shipped_recipes
+from spikecompress.run.recipe_files import shipped_recipes
 
 TINY = """\
 version: 1

@@ -23,12 +23,12 @@ from spikecompress.compress.temporal.lite_snn import (
 )
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import load, save
-from spikecompress.measure import count, measure
+from spikecompress.measurement import count, measure
 from spikecompress.models import build
-from spikecompress.pipeline import run_recipe
-from spikecompress.recipe import Recipe
+from spikecompress.run.recipe import Recipe
+from spikecompress.run.stages import run_recipe
 from spikecompress.snn import reset_state
-from spikecompress.train.loop import task_loss
+from spikecompress.snn.losses import task_loss
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.temporal.seenn import SEENN, prefix_correct, reward
 from spikecompress.data import DataConfig, load_data
-from spikecompress.measure import measure
-from spikecompress.measure.early_exit import average_exit_step, early_exit_predict
+from spikecompress.measurement import measure
+from spikecompress.measurement.early_exit import average_exit_step, early_exit_predict
 from spikecompress.models import build
 from spikecompress.models.exit_policy import ConfidenceExit, PolicyExit
 from spikecompress.snn import reset_state
@@ -224,8 +224,8 @@ def test_running_baseline_resumes_exactly(data):
 
 def test_recipe_tet_then_policy_reports_fewer_steps_than_T(tmp_path, monkeypatch):
     from spikecompress.compress import registry
-    from spikecompress.pipeline import run_recipe
-    from spikecompress.recipe import Recipe
+    from spikecompress.run.recipe import Recipe
+    from spikecompress.run.stages import run_recipe
 
     monkeypatch.setitem(registry.METHODS, "seenn", SEENN)
     recipe = Recipe.from_dict({

@@ -14,7 +14,7 @@ from spikecompress.compress.contract import check_method
 from spikecompress.compress.prune.sops_aware import GATE, SOPsAwarePruning, beta_at
 from spikecompress.compress.prune.sops_geometry import probe_geometry
 from spikecompress.data import DataConfig, load_data
-from spikecompress.measure import count
+from spikecompress.measurement import count
 from spikecompress.models import build
 from spikecompress.snn import reset_state
 

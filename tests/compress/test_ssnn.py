@@ -14,7 +14,7 @@ from spikecompress.compress.parametrize import is_plain
 from spikecompress.compress.temporal.ssnn import SSNN, auto_split
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import load, save
-from spikecompress.measure.counters import count
+from spikecompress.measurement.counters import count
 from spikecompress.models import build, from_spec
 from spikecompress.models.time_stages import (
     StagedSequential,

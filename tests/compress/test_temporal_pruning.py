@@ -12,8 +12,8 @@ from spikecompress.compress.temporal.temporal_pruning import TemporalPruning
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import load, save
 from spikecompress.models import build
-from spikecompress.pipeline import run_recipe
-from spikecompress.recipe import Recipe
+from spikecompress.run.recipe import Recipe
+from spikecompress.run.stages import run_recipe
 from spikecompress.snn.layers import reset_state
 from spikecompress.snn.neuron import IF, LIF
 

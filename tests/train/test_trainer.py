@@ -6,7 +6,8 @@ from torch import nn
 
 from spikecompress import snn
 from spikecompress.compress import Session
-from spikecompress.train import CheckpointError, TrainConfig, Trainer, task_loss
+from spikecompress.snn.losses import task_loss
+from spikecompress.train import CheckpointError, TrainConfig, Trainer
 from spikecompress.train import checkpoint as ckpt
 
 

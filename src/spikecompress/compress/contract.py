@@ -20,6 +20,8 @@ from torch import nn
 
 from spikecompress.compress.parametrize import is_plain
 from spikecompress.compress.session import attach
+from spikecompress.export import load, save
+from spikecompress.measurement import measure
 from spikecompress.snn.layers import reset_state
 
 # the tiny models the contract suite runs every method on: build(classes=10, **TINY_MODELS[name])
@@ -59,8 +61,6 @@ def _train_steps(model: nn.Module, session, data, steps: int) -> None:
 def check_method(method_cls: type, model: nn.Module, data, steps: int = 3) -> nn.Module:
     """Run the contract on a fresh ``method_cls()`` (its defaults) and ``model``; raise
     AssertionError naming the broken clause. Returns the finalized model."""
-    from spikecompress.export import load, save
-    from spikecompress.measure import measure
 
     method = method_cls()
     spec = method_spec(method)

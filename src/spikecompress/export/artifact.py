@@ -25,6 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from spikecompress._version import __version__
 from spikecompress.atomic import atomic_writer
 from spikecompress.export import codec
 from spikecompress.models import from_spec
@@ -84,8 +85,6 @@ def save(model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
     ``meta`` is a JSON-serialisable dict stored in spec.json (``T``, quantization parameters,
     exit policies). Models without ``.spec`` raise ValueError.
     """
-    import spikecompress  # the package root imports this floor; read its version lazily
-
     path = Path(path)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, dict) or "name" not in spec:
@@ -98,7 +97,7 @@ def save(model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
     data = st_save(pieces, metadata={"format": FORMAT})
     doc = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "library_version": spikecompress.__version__, "model": spec, "meta": meta,
+        "library_version": __version__, "model": spec, "meta": meta,
         "tensor_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "tensors": entries,
     }
     _write(path, data, _spec_bytes(doc))

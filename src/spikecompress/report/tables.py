@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from spikecompress.report.render import table_rows
+
 
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
@@ -64,7 +66,6 @@ def print_metrics(m: dict, title: str, console: Console | None = None) -> None:
 
 def print_comparison(runs: dict[str, dict], title: str, console: Console | None = None) -> None:
     """One row per run (e.g. per recipe stage): the report's columns, as a rich table."""
-    from spikecompress.report.render import table_rows
 
     console = console or Console(width=max(Console().width, 160))
     header, rows = table_rows(runs)

@@ -16,10 +16,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from spikecompress.measurement.accuracy import autocast, evaluate
 from spikecompress.snn.layers import reset_state
+from spikecompress.snn.losses import task_loss
 from spikecompress.train import checkpoint as ckpt
 from spikecompress.train.config import TrainConfig
-from spikecompress.train.loop import autocast, cosine_lr, evaluate, make_optimizer, task_loss
+from spikecompress.train.loop import cosine_lr, make_optimizer
 from spikecompress.train.progress import Progress
 from spikecompress.train.seeding import rng_state, seed_everything, set_rng_state
 

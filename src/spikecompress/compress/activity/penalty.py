@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from spikecompress.measure.spikes import is_neuron
+from spikecompress.measurement.spikes import is_neuron
 
 NORMALISATIONS = ("neuron_step", "sample")
 

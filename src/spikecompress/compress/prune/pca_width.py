@@ -51,6 +51,7 @@ from torch import nn
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.groups import channel_groups
 from spikecompress.compress.prune.surgery import remove_channels
+from spikecompress.models import MODELS, from_spec
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,6 @@ def top_variance(cov: torch.Tensor, k: int) -> list[int]:
 def fresh_model(model: nn.Module, seed: int) -> nn.Module:
     """A new ``from_spec(model.spec)`` initialised under ``torch.manual_seed(seed)``, on the
     model's device and dtype and in its train/eval mode; the global RNG state is kept."""
-    from spikecompress.models import from_spec
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -229,7 +229,6 @@ def fresh_model(model: nn.Module, seed: int) -> nn.Module:
 
 
 def _require_spec(model: nn.Module) -> None:
-    from spikecompress.models import MODELS
 
     spec = getattr(model, "spec", None)
     if not (isinstance(spec, dict) and spec.get("name") in MODELS):

@@ -24,6 +24,8 @@ from spikecompress.compress.prune.groups import (
     dependency_graph,
     traceable,
 )
+from spikecompress.models import MODELS, from_spec
+from spikecompress.models.respec import respec
 from spikecompress.snn.layers import reset_state
 
 
@@ -115,7 +117,6 @@ def consumer_inputs(
 
 
 def _known_spec(model: nn.Module) -> bool:
-    from spikecompress.models import MODELS
 
     spec = getattr(model, "spec", None)
     return isinstance(spec, dict) and spec.get("name") in MODELS
@@ -123,8 +124,6 @@ def _known_spec(model: nn.Module) -> bool:
 
 def _respec(model: nn.Module) -> None:
     """Rewrite ``model.spec`` from the module shapes and check that it rebuilds this model."""
-    from spikecompress.models import from_spec
-    from spikecompress.models.respec import respec
 
     spec = respec(model)
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the caller's RNG

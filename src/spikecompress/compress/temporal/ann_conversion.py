@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from spikecompress.compress.method import Context
+from spikecompress.models import from_spec
 
 NEURON_CHOICES = ("if", "lif")
 
@@ -94,7 +95,6 @@ class ANNConversion:
         }
 
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
-        from spikecompress.models import from_spec
 
         for h in self.hooks_:
             h.remove()

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spikecompress.measure.reach import CONVS, SYNAPTIC, alive_outputs, padded, reach_map
-from spikecompress.measure.spikes import is_neuron
+from spikecompress.measurement.reach import CONVS, SYNAPTIC, alive_outputs, padded, reach_map
+from spikecompress.measurement.spikes import is_neuron
 from spikecompress.snn.layers import reset_state
 
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from spikecompress import snn
-from spikecompress.measure.counters import Counts, count
-from spikecompress.measure.spikes import SpikeMonitor
+from spikecompress.measurement.counters import Counts, count
+from spikecompress.measurement.spikes import SpikeMonitor
 from spikecompress.models import build
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from spikecompress import snn
-from spikecompress.measure import count
-from spikecompress.measure.sparsity import (
+from spikecompress.measurement import count
+from spikecompress.measurement.sparsity import (
     connections,
     connectivity,
     neuron_sparsity,

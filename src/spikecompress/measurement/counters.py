@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from spikecompress.measure.reach import CONVS, SYNAPTIC, alive_outputs, padded, reach_map
-from spikecompress.measure.spikes import is_neuron
+from spikecompress.measurement.reach import CONVS, SYNAPTIC, alive_outputs, padded, reach_map
+from spikecompress.measurement.spikes import is_neuron
 from spikecompress.snn.layers import check_x_seq, reset_state
 
 _KIND_ORDER = {"binary": 0, "ternary": 1, "real": 2}

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikecompress.measure.counters import Counts
-from spikecompress.measure.metrics import count_loader
+from spikecompress.measurement.counters import Counts
+from spikecompress.measurement.totals import count_loader
 from spikecompress.models.exit_policy import exit_steps, predictions_at  # noqa: F401 (re-export)
 from spikecompress.snn.layers import reset_state
 
@@ -98,7 +98,7 @@ def exit_measure(
     model: nn.Module, loader, static_input_once: bool = False
 ) -> tuple[float, dict, Counts]:
     """(early-exit accuracy, totals, last group's Counts) over ``loader``: totals as
-    ``metrics.count_loader`` gives them, counted on the steps each sample runs, with
+    ``totals.count_loader`` gives them, counted on the steps each sample runs, with
     ``time_steps`` = the average exit step, ``full_time_steps`` = T and ``policy_macs``."""
     policy = exit_policy_of(model)
     seen: dict = {"correct": 0, "steps": [], "features": [], "T": 0}

@@ -24,6 +24,7 @@ import yaml
 
 from spikecompress.compress.registry import METHODS
 from spikecompress.data import DataConfig
+from spikecompress.models import MODELS
 from spikecompress.train.config import LOSSES, OPTIMIZERS, SCHEDULES
 
 RECIPE_VERSION = 1
@@ -237,7 +238,6 @@ def _method_class(name: object, path: str) -> type:
 
 
 def _builder_hints(name: object, path: str) -> dict[str, Any]:
-    from spikecompress.models import MODELS
 
     if name not in MODELS:
         raise ValueError(f"{path}.name: unknown model {name!r}; known: {sorted(MODELS)}")

@@ -11,8 +11,8 @@ from torch import nn
 
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import load, save
-from spikecompress.measure import count, measure
-from spikecompress.measure.early_exit import (
+from spikecompress.measurement import count, measure
+from spikecompress.measurement.early_exit import (
     average_exit_step,
     early_exit_predict,
     exit_measure,
@@ -21,7 +21,7 @@ from spikecompress.measure.early_exit import (
 from spikecompress.models import build
 from spikecompress.models.exit_policy import exit_scores, install_exit_policy
 from spikecompress.snn import reset_state
-from spikecompress.train.loop import task_loss
+from spikecompress.snn.losses import task_loss
 
 _SKIP = {"latency_ms", "size_bytes"}  # timing noise; spec.json records the policy's config
 

@@ -10,7 +10,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from spikecompress.export import save
+from spikecompress.compress import METHODS
+from spikecompress.data import DATASETS, DataConfig, load_data
+from spikecompress.export import load, read_spec, save
+from spikecompress.measurement import evaluate, measure
+from spikecompress.models import MODELS, from_spec
+from spikecompress.report import print_comparison, print_metrics, write_report
+from spikecompress.run import stages
+from spikecompress.run.recipe_files import load_recipe
+from spikecompress.snn import ENCODERS, NEURONS, SURROGATES
+from spikecompress.train import (
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    seed_everything,
+    set_threads,
+)
 from spikecompress.train.checkpoint import CheckpointError, atomic_write_json
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, CheckpointError)
@@ -31,15 +46,11 @@ def model_spec_for(name: str, data, widths, neuron: str, spiking: bool) -> dict:
 
 def run_recipe(args: argparse.Namespace) -> int:
     """``spikecompress run``: load the recipe (file or shipped name), apply ``--set``, run it."""
-    from spikecompress.pipeline import run_recipe as run
-    from spikecompress.recipe_files import load_recipe
-    from spikecompress.report import print_comparison
-    from spikecompress.train import set_threads
 
     set_threads(args.threads)
     recipe = load_recipe(args.recipe, overrides=args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-    result = run(recipe, out, verbose=not args.quiet, device=args.device)
+    result = stages.run_recipe(recipe, out, verbose=not args.quiet, device=args.device)
     print_comparison(result["stages"], title=f"{args.recipe} → {out} (per test sample)")
     if args.quiet:  # otherwise the runner has said it
         print(f"wrote {result['artifact']}, {out / 'metrics.json'} and {result['report']}")
@@ -47,9 +58,6 @@ def run_recipe(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from spikecompress.data import DataConfig, load_data
-    from spikecompress.models import from_spec
-    from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 
     set_threads(args.threads)
     cfg = TrainConfig(
@@ -101,8 +109,6 @@ def _report(metrics: dict, title: str) -> None:
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
-    from spikecompress.data import DataConfig, load_data
-    from spikecompress.train import evaluate, set_threads
 
     set_threads(args.threads)
     model, data_cfg = _model_and_data_config(Path(args.run), None, None)
@@ -115,10 +121,6 @@ def evaluate_run(args: argparse.Namespace) -> int:
 def list_all(args: argparse.Namespace) -> int:
     import inspect
 
-    from spikecompress.compress import METHODS
-    from spikecompress.data import DATASETS
-    from spikecompress.models import MODELS
-    from spikecompress.snn import ENCODERS, NEURONS, SURROGATES
 
     console = Console()
     t = Table(title="compression methods")
@@ -155,9 +157,6 @@ def demo(args: argparse.Namespace) -> int:
 
 def _model_and_data_config(path: Path, data_name: str | None, T: int | None):
     """The model and data config of a run directory (checkpoint) or an artifact folder."""
-    from spikecompress.export import load, read_spec
-    from spikecompress.models import from_spec
-    from spikecompress.train import load_checkpoint
 
     if (path / "checkpoint.json").exists():
         tensors, meta = load_checkpoint(path)
@@ -180,9 +179,6 @@ def _model_and_data_config(path: Path, data_name: str | None, T: int | None):
 
 
 def measure_run(args: argparse.Namespace) -> int:
-    from spikecompress.data import DataConfig, load_data
-    from spikecompress.measure.metrics import measure
-    from spikecompress.train import set_threads
 
     set_threads(args.threads)
     path = Path(args.path)
@@ -195,7 +191,6 @@ def measure_run(args: argparse.Namespace) -> int:
     metrics["data"] = data_cfg
     out = Path(args.out) if args.out else path / "metrics.json"
     atomic_write_json(out, metrics)
-    from spikecompress.report import print_metrics
 
     print_metrics(metrics, title=f"{path} on {data_cfg['name']}")
     return 0
@@ -204,7 +199,6 @@ def measure_run(args: argparse.Namespace) -> int:
 def report_runs(args: argparse.Namespace) -> int:
     import json
 
-    from spikecompress.report import write_report
 
     runs = {}
     for run in args.runs:

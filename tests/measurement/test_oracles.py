@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikecompress.measure.counters import count
+from spikecompress.measurement.counters import count
 from spikecompress.models import build
 from spikecompress.snn import LIF, reset_state
 

@@ -18,15 +18,16 @@ from safetensors import safe_open
 from torch import nn
 
 from spikecompress.export import read_spec, save, size_bytes
-from spikecompress.measure.counters import Counts, count
-from spikecompress.measure.energy import ann_energy_pj, energy_pj, get_profile
-from spikecompress.measure.latency import latency_ms
-from spikecompress.measure.reach import SYNAPTIC
-from spikecompress.measure.sparsity import connectivity, neuron_sparsity, weight_sparsity
+from spikecompress.measurement.accuracy import evaluate
+from spikecompress.measurement.counters import Counts
+from spikecompress.measurement.early_exit import exit_measure
+from spikecompress.measurement.energy import ann_energy_pj, energy_pj, get_profile
+from spikecompress.measurement.latency import latency_ms
+from spikecompress.measurement.reach import SYNAPTIC
+from spikecompress.measurement.sparsity import connectivity, neuron_sparsity, weight_sparsity
+from spikecompress.measurement.totals import count_loader
+from spikecompress.models.time_stages import average_time_steps, layer_steps
 from spikecompress.snn.neuron import NEURONS
-
-_SUMMED = ("sops", "macs", "dense_macs", "spikes", "neuron_updates", "samples")
-_LAYER_SUMMED = ("sops", "macs", "dense_macs", "spikes", "neuron_updates", "input_elements")
 
 
 @dataclass
@@ -66,45 +67,6 @@ class Metrics:
         return dict(self.neurobench)
 
 
-def count_loader(model: nn.Module, loader, static_input_once: bool = False) -> tuple[dict, Counts]:
-    """Exact counts summed over every batch of ``loader``: (totals dict, last batch's Counts)."""
-    totals: dict = {k: 0 for k in _SUMMED}
-    layers: dict[str, dict] = {}
-    last, cache = None, {}  # connection maps are reused across the batches
-    for x_seq, _ in loader:
-        last = count(model, x_seq, static_input_once=static_input_once, cache=cache)
-        for k in _SUMMED:
-            totals[k] += getattr(last, k)
-        for name, rec in last.layers.items():
-            row = layers.setdefault(
-                name,
-                {
-                    "kind": rec.kind,
-                    "params": rec.params,
-                    "params_nonzero": rec.params_nonzero,
-                    "input_kind": rec.input_kind,
-                    **{k: 0 for k in _LAYER_SUMMED},
-                },
-            )
-            for k in _LAYER_SUMMED:
-                row[k] += getattr(rec, k)
-    if last is None:
-        raise ValueError("measure needs a non-empty test loader")
-    synaptic = [r for r in layers.values() if r["kind"] == "synaptic"]
-    spiking = [r for r in synaptic if r["input_kind"] != "real"]
-    totals.update(
-        time_steps=last.time_steps,
-        params_nonzero=last.weights - last.weights_zero,
-        weights=last.weights,
-        spike_input_elements=sum(r["input_elements"] for r in spiking),
-        real_input_elements=sum(r["input_elements"] for r in synaptic) - sum(
-            r["input_elements"] for r in spiking
-        ),
-        layers=layers,
-    )
-    return totals, last
-
-
 def layer_steps_run(model: nn.Module, t: dict, T: int) -> dict[str, float]:
     """The steps each counted layer of the SNN ran per sample: the average exit step (exit
     policy; its own network is not part of the SNN), its stage's T (time stages,
@@ -112,8 +74,6 @@ def layer_steps_run(model: nn.Module, t: dict, T: int) -> dict[str, float]:
     if getattr(model, "exit_policy", None) is not None:
         return {name: t["time_steps"] for name in t["layers"]
                 if not name.startswith("exit_policy.")}
-    from spikecompress.models.time_stages import layer_steps
-
     steps = layer_steps(model, T, types=(*SYNAPTIC, *NEURONS.values()))
     return {name: steps.get(name, T) for name in t["layers"]}
 
@@ -181,12 +141,8 @@ def _accuracy_and_counts(model: nn.Module, loader, static_input_once: bool):
     accuracy and the counts of the steps each sample runs (``totals["time_steps"]`` is then the
     average exit step; T the full one)."""
     if getattr(model, "exit_policy", None) is not None:
-        from spikecompress.measure.early_exit import exit_measure
-
         acc, t, last = exit_measure(model, loader, static_input_once)
         return acc, t, last, t["full_time_steps"]
-    from spikecompress.train.loop import evaluate
-
     acc = evaluate(model, loader)["accuracy"]
     t, last = count_loader(model, loader, static_input_once)
     return acc, t, last, t["time_steps"]
@@ -196,8 +152,6 @@ def _average_steps(model: nn.Module, t: dict, T: int) -> float:
     """Steps a sample costs: the average exit step, or the stage-weighted T of time stages."""
     if getattr(model, "exit_policy", None) is not None:
         return float(t["time_steps"])
-    from spikecompress.models.time_stages import average_time_steps
-
     return float(average_time_steps(model, T))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from spikecompress import recipes
-from spikecompress.recipe import Recipe, check_version
+from spikecompress.run.recipe import Recipe, check_version
 
 
 def dump_yaml(recipe: Recipe) -> str:

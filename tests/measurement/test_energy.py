@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from spikecompress.measure.energy import (
+from spikecompress.measurement.energy import (
     PROFILES,
     EnergyProfile,
     ann_energy_pj,

@@ -5,8 +5,9 @@ import torch
 
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import save, size_bytes
-from spikecompress.measure import count, energy_pj, get_profile
-from spikecompress.measure.metrics import count_loader, measure
+from spikecompress.measurement import count, energy_pj, get_profile
+from spikecompress.measurement.metrics import measure
+from spikecompress.measurement.totals import count_loader
 from spikecompress.models import build
 
 

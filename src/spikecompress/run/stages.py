@@ -31,9 +31,17 @@ from torch import nn
 
 from spikecompress.atomic import atomic_writer
 from spikecompress.compress.session import attach
-from spikecompress.recipe import Recipe, Stage
-from spikecompress.recipe_files import dump_yaml, parse_yaml
-from spikecompress.train.checkpoint import atomic_write_json
+from spikecompress.data import load_data
+from spikecompress.export import load, save
+from spikecompress.export.artifact import SPEC_FILE, TENSOR_FILE
+from spikecompress.measurement.metrics import measure
+from spikecompress.models import from_spec
+from spikecompress.report import write_report
+from spikecompress.run.recipe import Recipe, Stage
+from spikecompress.run.recipe_files import dump_yaml, parse_yaml
+from spikecompress.snn.neuron import add_optional_state
+from spikecompress.train import TrainConfig, Trainer, load_checkpoint, seed_everything
+from spikecompress.train.checkpoint import CheckpointError, atomic_write_json
 
 EFFECTIVE = "recipe.effective.yaml"
 
@@ -49,8 +57,6 @@ def run_recipe(
     Returns ``{"stages": {stage name: metrics}, "metrics": final metrics, "artifact": path,
     "report": path of report.md}``.
     """
-    from spikecompress.data import load_data
-    from spikecompress.report import write_report
 
     out = Path(out_dir)
     _write_effective(recipe, out)
@@ -96,9 +102,6 @@ def _run_stage(
     device: str,
 ) -> dict:
     """Attach, train (resuming), finalize, save the artifact, then metrics.json (commit point)."""
-    from spikecompress.export import save
-    from spikecompress.measure.metrics import measure
-    from spikecompress.train import TrainConfig, Trainer
 
     session = attach(model, stage.build_methods(), stage=stage.name)
     opt = stage.optimizer
@@ -144,9 +147,6 @@ def _run_stage(
 
 def _stage_input(recipe: Recipe, stage: Stage, index: int, data, previous: Path | None):
     """The model a stage starts from: its ``init``, else the previous artifact, else a new one."""
-    from spikecompress.export import load
-    from spikecompress.models import from_spec
-    from spikecompress.train import seed_everything
 
     if stage.init is not None:
         return load_init(stage.init, f"stages.{index}.init")
@@ -170,11 +170,6 @@ def model_spec(model: dict, data) -> dict:
 
 def load_init(path: str | Path, field: str = "init") -> nn.Module:
     """A model from an artifact folder, a run holding ``artifact/``, or a run's checkpoint."""
-    from spikecompress.export import load
-    from spikecompress.models import from_spec
-    from spikecompress.snn.neuron import add_optional_state
-    from spikecompress.train import load_checkpoint
-    from spikecompress.train.checkpoint import CheckpointError
 
     p = Path(path)
     for folder in (p, p / "artifact"):
@@ -230,7 +225,6 @@ def _stage_done(stage_dir: Path) -> bool:
 def _copy_artifact(src: Path, dst: Path) -> None:
     """Copy an artifact byte for byte (tensor file first, spec.json last), so the stage's
     measured size holds for the copy."""
-    from spikecompress.export.artifact import SPEC_FILE, TENSOR_FILE
 
     for name in (TENSOR_FILE, SPEC_FILE):
         with atomic_writer(dst / name) as f:

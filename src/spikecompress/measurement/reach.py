@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikecompress.measure.spikes import is_neuron
+from spikecompress.measurement.spikes import is_neuron
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SYNAPTIC = (*CONVS, nn.Linear)
