@@ -5,7 +5,7 @@ Linear read-out of the 4·4·256 features. The SNN is ``models.vgg`` (conv → B
 pooling; eval mode, BN not folded) on x_seq [T=4, B, 3, 32, 32]; the plain stack is
 ``nn.Conv2d`` (no bias) → ReLU [→ MaxPool] with the same widths on [T·B, 3, 32, 32] — the
 physical limit of what removing channels buys on this CPU. Pruned SNNs come from the dense one by
-``surgery.remove_channels`` (per layer, the filters of smallest L1 norm; every channel group
+``surgery.remove_channels_`` (per layer, the filters of smallest L1 norm; every channel group
 keeps round(keep·C) channels); the plain stack is rebuilt with the same widths.
 
 For T·B = 4 (B = 1) and T·B = 256 (B = 64), all ten variants (dense and four keep fractions, SNN
@@ -33,7 +33,7 @@ from torch import nn
 
 from _timing import interleaved, loadavg, machine
 from spikecompress.compress.prune.groups import channel_groups
-from spikecompress.compress.prune.surgery import remove_channels
+from spikecompress.compress.prune.surgery import remove_channels_
 from spikecompress.models import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def snn(keep: float) -> nn.Module:
             norms = modules[g.name].weight.detach().abs().flatten(1).sum(1)  # [C]
             n_keep = max(1, round(keep * g.size))
             drop[g.name] = norms.argsort(descending=True)[n_keep:].tolist()
-        remove_channels(model, drop)
+        remove_channels_(model, drop)
     return model.eval()
 
 

@@ -51,10 +51,10 @@ def test_measure_unknown_path_is_one_line(tmp_path, capsys):
 
 def test_measure_of_an_early_exit_artifact_prints_its_average_steps(run, tmp_path, capsys):
     from spikecompress.export import load, read_spec, save
-    from spikecompress.models.exit_policy import install_exit_policy
+    from spikecompress.models.exit_policy import install_exit_policy_
 
     model = load(run / "artifact")
-    install_exit_policy(model, {"kind": "confidence", "alpha": 0.0})  # every sample exits at 1
+    install_exit_policy_(model, {"kind": "confidence", "alpha": 0.0})  # every sample exits at 1
     meta = read_spec(run / "artifact")["meta"]
     save(model, tmp_path / "exit", meta=meta)
     out = tmp_path / "m.json"

@@ -21,7 +21,7 @@ from spikecompress.models.time_stages import (
     TemporalTransformer,
     average_time_steps,
     group_sizes,
-    install_time_stages,
+    install_time_stages_,
     layer_steps,
 )
 from spikecompress.snn import reset_state
@@ -105,7 +105,7 @@ def test_identical_steps_pass_through_unchanged(kind, T_in, T_out):
 
 def test_shrinking_to_more_steps_than_the_input_has_is_an_error_naming_the_stage():
     model = _conv()
-    install_time_stages(model, {"split": ["features.0", "features.1"], "steps": [3, 1]})
+    install_time_stages_(model, {"split": ["features.0", "features.1"], "steps": [3, 1]})
     with pytest.raises(ValueError, match="time stage 2: cannot shrink T=2 to 3 steps"):
         model(_x(T=2))
     with pytest.raises(ValueError, match="time stage 2"):
@@ -145,7 +145,7 @@ def test_stage_i_processes_exactly_T_i_steps():
 def test_state_dict_keys_of_the_network_are_unchanged_and_iteration_too():
     model = _conv()
     keys = set(model.state_dict())
-    install_time_stages(model, {"split": ["features.1"], "steps": [1], "transformer": "learnable",
+    install_time_stages_(model, {"split": ["features.1"], "steps": [1], "transformer": "learnable",
                                 "T": 4})
     assert isinstance(model.features, StagedSequential) and len(model.features) == 3
     assert set(model.state_dict()) == keys | {"time_stages.tts.0.logits"}
@@ -168,7 +168,7 @@ def test_state_dict_keys_of_the_network_are_unchanged_and_iteration_too():
 )
 def test_bad_configs_are_one_line_errors(config, match):
     with pytest.raises(ValueError, match=match) as e:
-        install_time_stages(_conv(), config)
+        install_time_stages_(_conv(), config)
     assert "\n" not in str(e.value)
 
 
@@ -176,21 +176,21 @@ def test_a_cut_inside_a_residual_block_is_refused():
     torch.manual_seed(0)
     model = build(classes=10, **TINY["sew_resnet"])
     with pytest.raises(ValueError, match="parent is a SEWBlock"):
-        install_time_stages(model, {"split": ["features.stage0.0.conv1"], "steps": [1]})
+        install_time_stages_(model, {"split": ["features.stage0.0.conv1"], "steps": [1]})
 
 
 # -- average time steps, counting ----------------------------------------------------------------
 def test_average_time_steps_by_hand():
     model = _conv()  # 3 convs + the read-out
     assert average_time_steps(model, 4) == 4.0
-    install_time_stages(model, {"split": ["features.0"], "steps": [1]})
+    install_time_stages_(model, {"split": ["features.0"], "steps": [1]})
     assert average_time_steps(model, 4) == (1 * 4 + 3 * 1) / 4
     torch.manual_seed(0)
     sew = build(classes=10, **TINY["sew_resnet"])  # stem 1, stage0.0 2 | stage1.0 3, fc 1
-    install_time_stages(sew, {"split": ["features.stage0.0"], "steps": [2]})
+    install_time_stages_(sew, {"split": ["features.stage0.0"], "steps": [2]})
     assert average_time_steps(sew, 4) == (3 * 4 + 4 * 2) / 7
     model = _conv(hidden=[16])  # 3 convs | fc0, fc
-    install_time_stages(model, {"split": ["features.0", "features.2"], "steps": [3, 1]})
+    install_time_stages_(model, {"split": ["features.0", "features.2"], "steps": [3, 1]})
     assert average_time_steps(model, 5) == (1 * 5 + 2 * 3 + 2 * 1) / 5
 
 
@@ -198,7 +198,7 @@ def test_counted_sops_drop_and_the_layer_after_a_tt_does_macs():
     model = _conv()
     x = _x(T=4, B=8)
     dense = count(model, x)
-    install_time_stages(model, {"split": ["features.0"], "steps": [1]})
+    install_time_stages_(model, {"split": ["features.0"], "steps": [1]})
     staged = count(model, x)
     assert dense.layers["features.1.conv"].input_kind == "binary"
     assert staged.layers["features.1.conv"].input_kind == "real"  # group means of spikes
@@ -206,7 +206,7 @@ def test_counted_sops_drop_and_the_layer_after_a_tt_does_macs():
     assert staged.layers["features.0.conv"].macs == dense.layers["features.0.conv"].macs
     assert dense.sops > 0 and staged.sops < dense.sops
     model = _conv()
-    install_time_stages(model, {"split": ["features.0"], "steps": [1], "transformer": "max"})
+    install_time_stages_(model, {"split": ["features.0"], "steps": [1], "transformer": "max"})
     binary = count(model, x)  # the max TT passes spikes: SOPs stay SOPs, at T = 1
     assert binary.layers["features.1.conv"].input_kind == "binary"
     assert binary.layers["features.1.conv"].macs == 0
@@ -312,7 +312,7 @@ def test_removing_the_early_classifiers_leaves_the_output_unchanged(data):
 @pytest.mark.parametrize("transformer", ["mean", "learnable"])
 def test_artifact_round_trip_reinstalls_the_stages(tmp_path, transformer):
     model = _conv()
-    install_time_stages(model, {"split": ["features.0", "features.1"], "steps": [2, 1],
+    install_time_stages_(model, {"split": ["features.0", "features.1"], "steps": [2, 1],
                                 "transformer": transformer, "T": 4})
     if transformer == "learnable":
         with torch.no_grad():

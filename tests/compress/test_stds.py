@@ -15,7 +15,7 @@ from spikecompress.compress.method import Context
 from spikecompress.compress.prune.soft_threshold import (
     SoftThreshold,
     find_all,
-    install_soft_threshold,
+    install_soft_threshold_,
     soft_threshold,
     soft_threshold_of,
 )
@@ -56,7 +56,7 @@ def test_dead_zone_gradient_equals_finite_difference_of_the_live_path(straight_t
     torch.manual_seed(0)
     lin = nn.Linear(6, 3, bias=False).double()
     x, y = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
-    st = install_soft_threshold(lin, 0.0, straight_through=straight_through)
+    st = install_soft_threshold_(lin, 0.0, straight_through=straight_through)
     st.set_(float(_theta(lin).detach().abs().median()))
     dead = (lin.weight == 0).detach()
     assert 0 < int(dead.sum()) < dead.numel()
@@ -113,7 +113,7 @@ def test_silent_synapse_pushed_outward_regrows(straight_through):
     lin = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         lin.weight.fill_(0.05)
-    st = install_soft_threshold(lin, 0.0, straight_through=straight_through)
+    st = install_soft_threshold_(lin, 0.0, straight_through=straight_through)
     st.set_(0.2)  # θ = 0.05 is now silent
     assert float(lin.weight.detach()) == 0
     opt = torch.optim.SGD(lin.parameters(), lr=0.05)
@@ -134,16 +134,16 @@ def test_install_keeps_the_effective_weight():
     torch.manual_seed(0)
     lin = nn.Linear(8, 4)
     w0 = lin.weight.detach().clone()
-    install_soft_threshold(lin, 0.0)
+    install_soft_threshold_(lin, 0.0)
     assert torch.equal(lin.weight, w0) and torch.equal(_theta(lin), w0)  # d = 0: θ = w
     lin2 = nn.Linear(8, 4)
     w2 = lin2.weight.detach().clone()
-    install_soft_threshold(lin2, 0.5)  # fixed-threshold variant: θ = sign(w)(|w| + d0)
+    install_soft_threshold_(lin2, 0.5)  # fixed-threshold variant: θ = sign(w)(|w| + d0)
     torch.testing.assert_close(_theta(lin2), torch.sign(w2) * (w2.abs() + 0.5))
     torch.testing.assert_close(lin2.weight, w2, rtol=0, atol=1e-7)
     assert (_theta(lin2).abs() > 0.5).all()
     with pytest.raises(ValueError, match="already has a soft threshold"):
-        install_soft_threshold(lin, 0.1)
+        install_soft_threshold_(lin, 0.1)
     with pytest.raises(ValueError, match="d must be >= 0"):
         SoftThreshold(-1.0)
 

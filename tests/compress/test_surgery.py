@@ -11,11 +11,11 @@ from torch import nn
 from spikecompress.compress.prune.channel_mask import (
     channel_mask,
     dense_gamma_grad,
-    gate_channels,
-    ungate,
+    gate_channels_,
+    ungate_,
 )
 from spikecompress.compress.prune.groups import channel_groups
-from spikecompress.compress.prune.surgery import consumer_inputs, remove_channels, remove_masked
+from spikecompress.compress.prune.surgery import consumer_inputs, remove_channels_, remove_masked_
 from spikecompress.export import load, save
 from spikecompress.models import Network, build, from_spec
 from spikecompress.models.common import activation, conv_bn_act, head, resolve_neuron
@@ -92,7 +92,7 @@ def test_pruned_model_equals_dense_with_consumer_inputs_zeroed_exactly(arch):
     for name, idxs in consumer_inputs(model, remove).items():
         modules[name].weight.data[:, idxs] = 0
     before = sum(p.numel() for p in model.parameters())
-    remove_channels(model, remove)
+    remove_channels_(model, remove)
     x = _spikes(model)
     want, got = dense(x), model(x)
     assert torch.equal(want, got)
@@ -106,7 +106,7 @@ def test_pruned_model_equals_dense_with_consumer_inputs_zeroed_exactly(arch):
 def test_spec_widths_follow_the_removal_and_the_artifact_rebuilds_it(tmp_path):
     model = _model("sew_resnet")
     groups = {g.name: g for g in channel_groups(model)}
-    remove_channels(model, {"features.stem.conv": [0, 1], "features.stage1.0.conv1": [3]})
+    remove_channels_(model, {"features.stem.conv": [0, 1], "features.stage1.0.conv1": [3]})
     assert model.spec["widths"] == [4, 8] and model.spec["inner_widths"] == [[6], [7]]
     assert groups["features.stem.conv"].size == 6
     neuron = model.features.stage0[0].act2
@@ -120,7 +120,7 @@ def test_per_channel_neuron_parameters_are_sliced_with_their_channels():
     model = _model("vgg")
     act = model.features[0].act
     w, th = act.w.detach().clone(), act.v_threshold.clone()
-    remove_channels(model, {"features.0.conv": [1, 4]})
+    remove_channels_(model, {"features.0.conv": [1, 4]})
     keep = [0, 2, 3, 5]
     assert torch.equal(model.features[0].act.w.detach(), w[keep])
     assert torch.equal(model.features[0].act.v_threshold, th[keep])
@@ -131,21 +131,21 @@ def test_stale_membrane_state_is_cleared():
     model = _model("conv_net")
     model(_spikes(model))
     assert model.features[0].act.v is not None
-    remove_channels(model, {"features.0.conv": [0]})
+    remove_channels_(model, {"features.0.conv": [0]})
     assert all(getattr(m, "v", None) is None for m in model.modules())
 
 
 def test_bad_removals_name_the_group():
     model = _model("conv_net")
     with pytest.raises(ValueError, match="'nope' is not a channel group"):
-        remove_channels(model, {"nope": [0]})
+        remove_channels_(model, {"nope": [0]})
     with pytest.raises(ValueError, match=r"remove\['features.0.conv'\]: indices must be in"):
-        remove_channels(model, {"features.0.conv": [6]})
+        remove_channels_(model, {"features.0.conv": [6]})
     with pytest.raises(ValueError, match="removes all 6 channels"):
-        remove_channels(model, {"features.0.conv": list(range(6))})
-    gate_channels(model, channel_groups(model)[0], torch.ones(6))
+        remove_channels_(model, {"features.0.conv": list(range(6))})
+    gate_channels_(model, channel_groups(model)[0], torch.ones(6))
     with pytest.raises(ValueError, match="features.0.bn still has a parametrization"):
-        remove_channels(model, {"features.0.conv": [0]})
+        remove_channels_(model, {"features.0.conv": [0]})
 
 
 class _Concat(nn.Module):
@@ -174,7 +174,7 @@ def test_concatenation_maps_each_branch_to_its_consumer_inputs():
     assert consumer_inputs(model, remove)["features.2.conv"] == [1, 3, 7]  # b starts at 3
     dense = copy.deepcopy(model)
     dense.features[2].conv.weight.data[:, [1, 3, 7]] = 0
-    remove_channels(model, remove)
+    remove_channels_(model, remove)
     x = _spikes(model)
     assert model.features[2].conv.in_channels == 5 and torch.equal(dense(x), model(x))
 
@@ -197,7 +197,7 @@ def test_channel_gate_after_bn_silences_the_channel_but_a_mask_before_bn_leaks()
     before_bn = copy.deepcopy(model)
     before_bn.features[0].conv.weight.data[2] = 0  # the conv output of channel 2 is zero
     assert not torch.equal(run(before_bn, False), run(before_bn, True))  # BN turns it into β
-    gate_channels(model, group, torch.tensor([1.0, 1, 0, 1, 1, 1]))
+    gate_channels_(model, group, torch.tensor([1.0, 1, 0, 1, 1, 1]))
     assert torch.equal(run(model, False), run(model, True))
     model.eval()
     assert torch.equal(run(model, False), run(model, True))
@@ -208,7 +208,7 @@ def test_dense_gamma_gradient_is_nonzero_for_a_masked_channel():
     model = build(classes=10, **ARCHS["conv_net"]).train()
     group = channel_groups(model)[0]
     mask = torch.tensor([1.0, 0, 1, 1, 0, 1])
-    gate_channels(model, group, mask)
+    gate_channels_(model, group, mask)
     model(_spikes(model)).square().sum().backward()
     dense = dense_gamma_grad(model, group)
     plain = model.features[0].bn.parametrizations.weight.original.grad
@@ -223,11 +223,11 @@ def test_masked_training_model_equals_the_physically_pruned_one():
     groups = channel_groups(model)
     masks = {g.name: (torch.arange(g.size) % 3 != 1).float() for g in groups}
     for g in groups:
-        gate_channels(model, g, masks[g.name])
+        gate_channels_(model, g, masks[g.name])
     x = _spikes(model)
     want = model(x)
     reset_state(model)
-    remove_masked(model, masks)
+    remove_masked_(model, masks)
     assert torch.equal(model(x), want)
     assert model.spec["widths"] == [4, 5] and model.spec["inner_widths"] == [[4], [5]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,7 +237,7 @@ def test_masked_training_model_equals_the_physically_pruned_one():
 def test_ungate_keeps_masked_values():
     model = _model("conv_net")
     group = channel_groups(model)[0]
-    gate_channels(model, group, torch.tensor([0.0, 1, 1, 1, 1, 1]))
-    ungate(model)
+    gate_channels_(model, group, torch.tensor([0.0, 1, 1, 1, 1, 1]))
+    ungate_(model)
     assert model.features[0].bn.weight[0] == 0 and model.features[0].bn.bias[0] == 0
     assert not hasattr(model.features[0].bn, "parametrizations")

@@ -19,7 +19,7 @@ from spikecompress.measurement.early_exit import (
     exit_steps,
 )
 from spikecompress.models import build
-from spikecompress.models.exit_policy import exit_scores, install_exit_policy
+from spikecompress.models.exit_policy import exit_scores, install_exit_policy_
 from spikecompress.snn import reset_state
 from spikecompress.snn.losses import task_loss
 
@@ -49,7 +49,7 @@ def trained(data):
 
 def _with_policy(model, config):
     m = copy.deepcopy(model)
-    install_exit_policy(m, config)
+    install_exit_policy_(m, config)
     return m
 
 
@@ -325,4 +325,4 @@ def test_fixed_policy_longer_than_T_runs_to_the_end_and_is_validated(trained, da
                        "steps must be an int >= 1"), ({"kind": "fixed", "steps": 2, "alpha": 1},
                                                      "unknown key")]:
         with pytest.raises(ValueError, match=match):
-            install_exit_policy(copy.deepcopy(trained), bad)
+            install_exit_policy_(copy.deepcopy(trained), bad)

@@ -71,13 +71,13 @@ def test_package_is_callable_as_the_one_verb(setup):
 
 
 def test_time_stages_cost_their_average_steps_and_keep_the_ann_twin_one_pass():
-    from spikecompress.models.time_stages import average_time_steps, install_time_stages
+    from spikecompress.models.time_stages import average_time_steps, install_time_stages_
 
     torch.manual_seed(0)
     data = load_data(DataConfig(name="digits", T=4, batch_size=64, limit=64))
     model = build("conv_net", in_channels=1, input_size=8, classes=10, widths=[4, 8]).eval()
     plain = measure(model, data, latency_repeats=1)
-    install_time_stages(model, {"split": ["features.0"], "steps": [1], "transformer": "mean"})
+    install_time_stages_(model, {"split": ["features.0"], "steps": [1], "transformer": "mean"})
     staged = measure(model, data, latency_repeats=1)
     assert plain.avg_time_steps == 4.0 and staged.time_steps == 4
     assert staged.avg_time_steps == average_time_steps(model, 4) < 4

@@ -15,7 +15,7 @@ from spikecompress.measurement.sparsity import (
     weight_sparsity,
 )
 from spikecompress.models import build
-from spikecompress.snn.neuron import set_spike_mask
+from spikecompress.snn.neuron import set_spike_mask_
 
 
 def _toy():
@@ -34,8 +34,8 @@ def _toy():
     mask2 = torch.ones(4, 2, 2)
     mask2[1] = 0
     mask2[2, 0, 1] = 0
-    set_spike_mask(net[2], mask1)
-    set_spike_mask(net[4], mask2)
+    set_spike_mask_(net[2], mask1)
+    set_spike_mask_(net[4], mask2)
     return net, mask1, mask2
 
 
@@ -84,7 +84,7 @@ def test_neuron_mask_cuts_sops_only_into_its_neuron():
     net, _, _ = _toy()
     x_seq = (torch.rand(2, 2, 2, 5, 5) > 0.5).float()
     before = count(net, x_seq).layers["3"].sops
-    set_spike_mask(net[4], torch.zeros(4, 2, 2))  # the second conv now feeds only dead neurons
+    set_spike_mask_(net[4], torch.zeros(4, 2, 2))  # the second conv now feeds only dead neurons
     assert count(net, x_seq).layers["3"].sops == 0 < before
 
 

@@ -40,21 +40,27 @@ def method_spec(method: object) -> dict:
     return {"name": type(method).NAME, **fields}
 
 
-def _train_steps(model: nn.Module, session, data, steps: int) -> None:
+def _train_steps(
+    model: nn.Module, session, data, steps: int, lr: float = 1e-2, per_epoch: int | None = None
+) -> None:
+    """Adam over the model and the methods' own groups for ``steps`` steps of ``data.train``
+    (cycled), epochs of ``per_epoch`` steps (default: one epoch)."""
     groups = session.param_groups()
     claimed = {id(p) for g in groups for p in g["params"]}
     rest = [p for p in model.parameters() if id(p) not in claimed]
-    lr = 1e-2
     extra = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
     opt = torch.optim.Adam([{"params": rest}, *extra], lr=lr)
-    session.bind(opt, total_steps=steps, steps_per_epoch=steps)
-    for step, (x_seq, y) in zip(range(steps), data.train, strict=False):
+    per_epoch = per_epoch or steps
+    session.bind(opt, total_steps=steps, steps_per_epoch=per_epoch)
+    batches = (b for _ in range(steps) for b in data.train)
+    for step, (x_seq, y) in zip(range(steps), batches, strict=False):
+        model.train()
         out = model(x_seq)
         loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        session.after_step(progress=(step + 1) / steps)
+        session.after_step(progress=(step + 1) / steps, epoch=step // per_epoch)
         reset_state(model)
 
 

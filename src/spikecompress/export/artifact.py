@@ -29,7 +29,7 @@ from spikecompress._version import __version__
 from spikecompress.atomic import atomic_writer
 from spikecompress.export import codec
 from spikecompress.models import from_spec
-from spikecompress.snn.neuron import add_optional_state
+from spikecompress.snn.neuron import add_optional_state_
 
 FORMAT = "spikecompress-artifact"
 FORMAT_VERSION = 1
@@ -215,7 +215,7 @@ def load(path: str | Path) -> nn.Module:
         model = from_spec(doc["model"])
     except ValueError as e:
         raise ArtifactError(f"bad model spec in {spec_file}: {_one_line(e)}") from None
-    add_optional_state(model, state)
+    add_optional_state_(model, state)
     _check_fits(model, state, spec_file)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

@@ -39,7 +39,7 @@ def exit_policy_of(model: nn.Module) -> nn.Module:
     policy = getattr(model, "exit_policy", None)
     if policy is None:
         raise ValueError("the model has no exit_policy: attach SEENN (compress.temporal.seenn) or "
-                         "call models.exit_policy.install_exit_policy(model, config)")
+                         "call models.exit_policy.install_exit_policy_(model, config)")
     return policy
 
 

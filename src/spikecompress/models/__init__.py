@@ -24,10 +24,10 @@ from torch import nn
 from spikecompress.models.common import Network
 from spikecompress.models.conv1d_net import conv1d_net
 from spikecompress.models.conv_net import conv_net
-from spikecompress.models.exit_policy import install_exit_policy
+from spikecompress.models.exit_policy import install_exit_policy_
 from spikecompress.models.mlp import mlp
 from spikecompress.models.resnet import resnet, sew_resnet
-from spikecompress.models.time_stages import install_time_stages
+from spikecompress.models.time_stages import install_time_stages_
 from spikecompress.models.vgg import VGG_WIDTHS, vgg
 
 MODELS = {
@@ -44,8 +44,8 @@ MODELS = {
 # structure (its tensors then live in the state_dict) and writes ``model.spec[key] = config``.
 # ``from_spec`` builds the network from the other keys, then runs these installers.
 EXTRAS: dict = {
-    "exit_policy": install_exit_policy,
-    "time_stages": install_time_stages,
+    "exit_policy": install_exit_policy_,
+    "time_stages": install_time_stages_,
 }
 
 

@@ -21,7 +21,7 @@ first t steps of the full run (``measure.early_exit`` relies on this and tests i
   lite_snn``): parameter-free, every sample runs exactly min(k, T) steps and predicts argmax of
   Σ_{k'≤min(k, T)} out[k'] (a model run at a T below k is run to its end: our choice).
 
-``install_exit_policy(model, config)`` builds the policy from its JSON config, sets
+``install_exit_policy_(model, config)`` builds the policy from its JSON config, sets
 ``model.exit_policy`` and ``model.spec["exit_policy"] = config`` (registered in ``models.EXTRAS``,
 so artifacts round-trip it; the policy network's weights travel in the state_dict).
 """
@@ -198,7 +198,7 @@ def build_exit_policy(config: dict) -> nn.Module:
     return cls(**args)
 
 
-def install_exit_policy(model: nn.Module, config: dict) -> nn.Module:
+def install_exit_policy_(model: nn.Module, config: dict) -> nn.Module:
     """Build the policy of ``config``, set it as ``model.exit_policy`` (replacing any) on the
     model's device, record its config in ``model.spec["exit_policy"]``; returns the policy."""
     policy = build_exit_policy(config)

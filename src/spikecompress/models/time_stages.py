@@ -32,7 +32,7 @@ Our choices (the TT's operation is unknown [R]):
   MACs, not SOPs (4.6 vs 0.9 pJ per op in the 45nm-fp32 profile). A "max" TT, or groups of one step
   (T_out = T_in), pass spikes, and the next layer's operations stay SOPs.
 
-    install_time_stages(model, {"split": ["features.0"], "steps": [1], "transformer": "mean"})
+    install_time_stages_(model, {"split": ["features.0"], "steps": [1], "transformer": "mean"})
     model(x_seq)                       # features.0 runs at x_seq's T, everything after at T = 1
     average_time_steps(model, T=4)     # (1·4 + 3·1) / 4: conv_net has 3 convs and a read-out
 """
@@ -214,7 +214,7 @@ def _staged(model: nn.Module, name: str) -> StagedSequential:
     return staged
 
 
-def install_time_stages(model: nn.Module, config: dict) -> TimeStages:
+def install_time_stages_(model: nn.Module, config: dict) -> TimeStages:
     """Cut ``model`` after each ``config["split"]`` module; stage k + 1 runs at ``steps[k]``.
 
     Adds ``model.time_stages`` (the TTs, on the model's device) and ``model.spec["time_stages"]``

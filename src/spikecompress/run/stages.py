@@ -39,7 +39,7 @@ from spikecompress.models import from_spec
 from spikecompress.report import write_report
 from spikecompress.run.recipe import Recipe, Stage
 from spikecompress.run.recipe_files import dump_yaml, parse_yaml
-from spikecompress.snn.neuron import add_optional_state
+from spikecompress.snn.neuron import add_optional_state_
 from spikecompress.train import TrainConfig, Trainer, load_checkpoint, seed_everything
 from spikecompress.train.checkpoint import CheckpointError, atomic_write_json
 
@@ -184,7 +184,7 @@ def load_init(path: str | Path, field: str = "init") -> nn.Module:
         raise CheckpointError(f"{field}: the checkpoint in {p} records no model spec")
     model = from_spec(meta["model"])
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    add_optional_state(model, state)
+    add_optional_state_(model, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -8,7 +8,7 @@ forward continues from it when its shape matches the input, and ``reset_state(mo
 With ``record_v=True`` a forward also keeps ``v_seq`` (membrane after reset, [T, B, ...]) and
 ``h_seq`` (charge before firing), detached, for statistics; off, it costs nothing.
 
-Neuron pruning: ``set_spike_mask(neuron, mask)`` gives a neuron a {0, 1} buffer ``spike_mask`` of
+Neuron pruning: ``set_spike_mask_(neuron, mask)`` gives a neuron a {0, 1} buffer ``spike_mask`` of
 one sample's shape ([C, ...]); the output spikes are multiplied by it at every time step and for
 every sample (the membrane runs as usual; a pruned neuron simply never emits). The buffer is in
 ``state_dict`` once set.
@@ -17,7 +17,7 @@ Leak override: a neuron may carry a ``leak`` tensor (scalar or [C]; None by defa
 from ``state_dict``): the decay ``k`` of the charge is then ``leak`` instead of the value from τ
 (1 for IF), the input gain unchanged: ``H[t] = leak · V[t-1] + a · X[t]`` (soft reset), the
 learnable leak of Chowdhury et al.'s temporal pruning (specs/pruning.md §12.2).
-``add_optional_state(model, state)`` re-creates ``spike_mask`` and ``leak`` before loading.
+``add_optional_state_(model, state)`` re-creates ``spike_mask`` and ``leak`` before loading.
 """
 
 from __future__ import annotations
@@ -87,14 +87,14 @@ def _masked(module: nn.Module, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return s * mask.to(s.dtype)
 
 
-def set_spike_mask(neuron: nn.Module, mask: torch.Tensor | None) -> None:
+def set_spike_mask_(neuron: nn.Module, mask: torch.Tensor | None) -> None:
     """Give ``neuron`` a {0, 1} ``spike_mask`` of one sample's shape (None removes it)."""
     if mask is not None:
         mask = (mask.detach() != 0).to(neuron.v_threshold.dtype).to(neuron.v_threshold.device)
     neuron.spike_mask = mask
 
 
-def add_optional_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def add_optional_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Create the ``spike_mask`` and ``leak`` buffers that ``state`` holds (so
     ``load_state_dict`` fits)."""
     modules = dict(model.named_modules())

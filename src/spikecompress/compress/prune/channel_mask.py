@@ -10,9 +10,9 @@ it is the gradient the channel's γ would get if it were switched on (the "dense
 non-zero for masked channels too, which is what gradient-based regrowth needs (∂L/∂γ itself is
 m ⊙ that, zero for every masked channel).
 
-    gate_channels(model, group, mask)       # install or update; mask [group.size] of {0, 1}
+    gate_channels_(model, group, mask)       # install or update; mask [group.size] of {0, 1}
     dense_gamma_grad(model, group)          # [group.size] from the last backward
-    ungate(model)                           # remove the gates, keeping γ⊙m, β⊙m
+    ungate_(model)                           # remove the gates, keeping γ⊙m, β⊙m
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def gate_of(module: nn.Module, name: str) -> ChannelGate | None:
     return next((p for p in module.parametrizations[name] if isinstance(p, ChannelGate)), None)
 
 
-def gate_channels(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) -> None:
+def gate_channels_(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) -> None:
     """Switch ``group``'s channels on (1) and off (0) after BN; ``mask`` [group.size]."""
     if mask.shape != (group.size,):
         raise ValueError(f"mask for group {group.name!r} must have shape ({group.size},), "
@@ -89,7 +89,7 @@ def dense_gamma_grad(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     return total
 
 
-def ungate(model: nn.Module) -> None:
+def ungate_(model: nn.Module) -> None:
     """Remove every ChannelGate, leaving the gated values (masked channels' γ, β = 0) in place."""
     for module in model.modules():
         if not parametrize.is_parametrized(module):

@@ -45,8 +45,8 @@ from spikecompress.compress.prune.groups import (
 )
 from spikecompress.compress.prune.slimming import (
     check_fractions,
-    install_gates,
-    remove_and_count,
+    install_gates_,
+    remove_and_count_,
 )
 
 SCOPES = ("layer", "global")
@@ -106,11 +106,11 @@ class L1FilterPruning:
     def attach(self, model: nn.Module, ctx: Context) -> None:
         """Find the selected groups and gate them (all ones: nothing changes while training)."""
         self.groups_ = select_groups(channel_groups(model), self.include, self.exclude)
-        install_gates(model, self.groups_)
+        install_gates_(model, self.groups_)
 
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
         """Score the filters, pick the channels and remove the others physically."""
         scores = filter_l1(model, self.groups_)
         self.masks_ = l1_masks(scores, self.prune, self.scope, self.floor)
-        model, self.removed_ = remove_and_count(model, self.masks_, "l1_filter")
+        model, self.removed_ = remove_and_count_(model, self.masks_, "l1_filter")
         return model

@@ -42,7 +42,7 @@ from torch import nn
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.soft_threshold import (
     bake_soft_thresholds_,
-    install_all,
+    install_all_,
     set_thresholds_,
     threshold_sparsity,
 )
@@ -109,7 +109,7 @@ class LATS:
             raise ValueError(f"start must be in [0, 1), got {self.start}")
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        self.params_ = install_all(model, self.include, self.exclude, 0.0, self.straight_through)
+        self.params_ = install_all_(model, self.include, self.exclude, 0.0, self.straight_through)
 
     def after_step(self, model: nn.Module, ctx: Context) -> None:
         set_thresholds_(self.params_, self.threshold_at(ctx))

@@ -30,7 +30,7 @@ What is our choice (§12.3: the equations, threshold and data layout were not re
   and buffer is freshly initialised and the result is a function of the seed (finalize leaves
   the global RNG as it was); ``init="inherit"`` keeps the k channels whose Ū has the largest
   variance (the diagonal of the covariance; ties to the lower index) and removes the rest
-  physically with ``surgery.remove_channels``, weights inherited. Either way the next recipe
+  physically with ``surgery.remove_channels_``, weights inherited. Either way the next recipe
   stage trains the smaller model.
 * cost: the group neurons record ``h_seq`` on the first step and then only on the steps that
   will be collected (predicted from step / total_steps once the loop has bound the session,
@@ -50,7 +50,7 @@ from torch import nn
 
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.groups import channel_groups
-from spikecompress.compress.prune.surgery import remove_channels
+from spikecompress.compress.prune.surgery import remove_channels_
 from spikecompress.models import MODELS, from_spec
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class PCAWidth:
             log.info("pca_width %s: %d -> %d channels", g.name, g.size, k)
         self.kept_ = kept if self.init == "inherit" else {}
         with torch.random.fork_rng(devices=[]):  # surgery's rebuild check draws from the RNG
-            remove_channels(model, {n: sorted(set(range(self.widths_[n][0])) - set(keep))
+            remove_channels_(model, {n: sorted(set(range(self.widths_[n][0])) - set(keep))
                                     for n, keep in kept.items()})
         return model if self.init == "inherit" else fresh_model(model, self.seed)
 

@@ -24,7 +24,7 @@ Default = the released code (§12.1):
   place once per update; gradients are not masked, so optimizer momentum can revive them.
 * ``l1``: the code adds l1·sign(W) to the gradients of its 3×3 convs; here the loss term
   l1·Σ|W| over the pruned groups' producer convs whose kernel is not pointwise (same gradient).
-* finalize: physical removal (``surgery.remove_masked``) with the last update's mask. The code
+* finalize: physical removal (``surgery.remove_masked_``) with the last update's mask. The code
   keeps the mask of the best-test-accuracy epoch; a method sees no test accuracy, so we take the
   last one (a stage that wants the best can be shortened to that epoch).
 
@@ -35,7 +35,7 @@ the state_dict has one layout and ∂L/∂γ is read the same way in every mode.
 
 Corrections (``corrections``, one mapping to stay within the field budget; each off by default):
 
-* ``after_bn``: masks applied after BN at every step through ``gate_channels`` (γ⊙m, β⊙m): a
+* ``after_bn``: masks applied after BN at every step through ``gate_channels_`` (γ⊙m, β⊙m): a
   masked channel is exactly 0 downstream in training and eval, and momentum cannot revive it;
   nothing is zeroed in place.
 * ``dense_regrow``: regrowth ranks by the dense γ-gradient ∂L/∂(γ⊙m) that each gate captures
@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from spikecompress.compress.method import Context
-from spikecompress.compress.prune.channel_mask import gate_channels, gate_of
+from spikecompress.compress.prune.channel_mask import gate_channels_, gate_of
 from spikecompress.compress.prune.channel_select import keep_top
 from spikecompress.compress.prune.groups import (
     ChannelGroup,
@@ -73,7 +73,7 @@ from spikecompress.compress.prune.groups import (
     check_patterns,
     select_groups,
 )
-from spikecompress.compress.prune.surgery import remove_masked
+from spikecompress.compress.prune.surgery import remove_masked_
 
 SCORES = ("activity", "firing", "membrane")
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -216,7 +216,7 @@ class SCA:
             if not g.bns or not g.neurons:
                 raise ValueError(f"sca: group {g.name!r} needs a BatchNorm and a spiking neuron "
                                  "(score and regrowth read them); exclude it")
-            gate_channels(model, g, torch.ones(g.size))
+            gate_channels_(model, g, torch.ones(g.size))
             self.masks_[g.name] = torch.ones(g.size)
             self.grads_[g.name] = torch.zeros(g.size)
         self.hooks_, self.record_ = [], {}
@@ -268,7 +268,7 @@ class SCA:
             modules[n].v_seq = modules[n].h_seq = None
         if not self.groups_:
             return model
-        return remove_masked(model, {n: m.cpu() for n, m in self.masks_.items()})
+        return remove_masked_(model, {n: m.cpu() for n, m in self.masks_.items()})
 
     # -- the rule ------------------------------------------------------------------------------
     def select(self, model: nn.Module) -> list[ChannelGroup]:
@@ -322,7 +322,7 @@ class SCA:
         self.masks_ = masks
         for g in self.groups_:
             if corr.after_bn:
-                gate_channels(model, g, masks[g.name])
+                gate_channels_(model, g, masks[g.name])
             else:
                 _zero_channels_(model, g, masks[g.name])
         self._reset_scores()

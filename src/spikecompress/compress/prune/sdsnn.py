@@ -72,7 +72,7 @@ from spikecompress.compress.method import Context
 from spikecompress.compress.prune.channel_mask import ChannelGate, gate_of
 from spikecompress.compress.prune.groups import channel_groups
 from spikecompress.compress.prune.masks import Mask
-from spikecompress.compress.prune.surgery import remove_channels
+from spikecompress.compress.prune.surgery import remove_channels_
 from spikecompress.compress.targets import select
 
 log = logging.getLogger("spikecompress.sdsnn")
@@ -383,7 +383,7 @@ class SDSNN:
                 _unparametrize(o, "bias", ChannelGate)
         drop = {k: v for k, v in drop.items() if v}
         before = sum(p.numel() for p in model.parameters())
-        model = remove_channels(model, drop) if drop else model
+        model = remove_channels_(model, drop) if drop else model
         after = sum(p.numel() for p in model.parameters())
         self.removed_ = {"channels": sum(len(v) for v in drop.values()), "params": before - after}
         log.info("sdsnn: removed %d channels (%s), params %d -> %d", self.removed_["channels"],

@@ -33,7 +33,7 @@ Our choices:
   removed / selected channels, "params": removed / all model parameters, "threshold": the |γ|
   percentile}`` (logged too, with the new widths); the kept channels are ``masks_``
   ({group: {0, 1} [C]}); the physically smaller model is returned.
-* all-ones channel gates (``channel_mask.gate_channels``) are installed at attach, as for every
+* all-ones channel gates (``channel_mask.gate_channels_``) are installed at attach, as for every
   "channels" method: they change nothing while training (the penalty acts on the gate's original
   γ) and are taken off by the removal.
 * the group selection, validation, gating and remove-and-count helpers below are shared with
@@ -55,7 +55,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spikecompress.compress.method import Context, zero_loss
-from spikecompress.compress.prune.channel_mask import gate_channels
+from spikecompress.compress.prune.channel_mask import gate_channels_
 from spikecompress.compress.prune.channel_select import keep_top
 from spikecompress.compress.prune.groups import (
     ChannelGroup,
@@ -63,7 +63,7 @@ from spikecompress.compress.prune.groups import (
     check_patterns,
     select_groups,
 )
-from spikecompress.compress.prune.surgery import remove_masked
+from spikecompress.compress.prune.surgery import remove_masked_
 
 log = logging.getLogger("spikecompress.slimming")
 
@@ -102,22 +102,22 @@ def check_fractions(prune: float, floor: float) -> None:
         raise ValueError(f"floor must be in [0, 1], got {floor!r}")
 
 
-def install_gates(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
+def install_gates_(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
     """All-ones channel gates on ``groups`` (in the state_dict from attach on, for resume)."""
     for g in groups:
-        gate_channels(model, g, torch.ones(g.size))
+        gate_channels_(model, g, torch.ones(g.size))
 
 
-def remove_and_count(
+def remove_and_count_(
     model: nn.Module, masks: Mapping[str, torch.Tensor], who: str
 ) -> tuple[nn.Module, dict]:
-    """Physically remove every channel whose mask is 0 (``surgery.remove_masked``); returns the
+    """Physically remove every channel whose mask is 0 (``surgery.remove_masked_``); returns the
     model and {"channels": removed fraction of the masked channels, "params": removed fraction
     of all the model's parameters}, also logged (with the new widths) under ``who``."""
     before = sum(p.numel() for p in model.parameters())
     total = sum(m.numel() for m in masks.values())
     dropped = sum(int((m == 0).sum()) for m in masks.values())
-    model = remove_masked(model, masks)
+    model = remove_masked_(model, masks)
     after = sum(p.numel() for p in model.parameters())
     removed = {"channels": dropped / total, "params": 1.0 - after / before}
     widths = ", ".join(f"{n} {int(m.sum())}/{m.numel()}" for n, m in masks.items())
@@ -170,7 +170,7 @@ class NetworkSlimming:
                 log.info("slimming: group %s has no BatchNorm γ; not pruned", g.name)
         if not self.groups_:
             raise ValueError("slimming: no selected channel group has a BatchNorm with γ")
-        install_gates(model, self.groups_)
+        install_gates_(model, self.groups_)
         self.bns_ = [modules[n] for g in self.groups_ for n in g.bns]
 
     def loss(self, model: nn.Module, x_seq: torch.Tensor, out_seq: torch.Tensor,
@@ -185,7 +185,7 @@ class NetworkSlimming:
         """Threshold mean |γ| globally (with the floor) and remove the channels below it."""
         scores = gamma_scores(model, self.groups_)
         self.masks_ = keep_top(scores, keep=1.0 - self.prune, floor=self.floor)
-        model, removed = remove_and_count(model, self.masks_, "slimming")
+        model, removed = remove_and_count_(model, self.masks_, "slimming")
         self.removed_ = {**removed, "threshold": _percentile(scores, 1.0 - self.prune)}
         return model
 

@@ -90,7 +90,7 @@ def soft_threshold_of(module: nn.Module, name: str = "weight") -> SoftThreshold 
     return None
 
 
-def install_soft_threshold(
+def install_soft_threshold_(
     module: nn.Module, d0: float = 0.0, straight_through: bool = True, name: str = "weight"
 ) -> SoftThreshold:
     """Re-parameterise ``module.name`` as the soft threshold of a latent θ (see module docstring).
@@ -105,7 +105,7 @@ def install_soft_threshold(
     return st
 
 
-def install_all(
+def install_all_(
     model: nn.Module,
     include: Sequence[str],
     exclude: Sequence[str],
@@ -113,7 +113,7 @@ def install_all(
     straight_through: bool = True,
 ) -> list[SoftThreshold]:
     """Install a soft threshold on every layer ``select(model, include, exclude)`` picks."""
-    return [install_soft_threshold(m, d0, straight_through) for _, m in select(model, include,
+    return [install_soft_threshold_(m, d0, straight_through) for _, m in select(model, include,
                                                                                exclude)]
 
 

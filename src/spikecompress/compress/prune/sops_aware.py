@@ -12,7 +12,7 @@ its optimizer steps, S = max(1, round(search · total_steps))):
   positions per weight, e_n fan-out per neuron), the relaxed number of synaptic connections;
 * fine-tune (t ≥ S): hard masks H(α) = 1[α > 0] (``where(α > 0, ·, 0)``), logits frozen (their
   gradients are None, so the optimizer skips them), no penalty;
-* finalize: weights W · H(α_w) (baked by the Session), neurons ``set_spike_mask(neuron, α_n > 0)``.
+* finalize: weights W · H(α_w) (baked by the Session), neurons ``set_spike_mask_(neuron, α_n > 0)``.
 
 β(t) = β₀ · (β_T/β₀)^(min(t, S)/S) per optimizer step (official ``TemperatureScheduler`` with
 T0 = 0 and Tmax = the search steps): β(0) = β₀ = 5, β(S) = β_T = 1000.
@@ -62,7 +62,7 @@ from torch.nn.utils import parametrize
 from spikecompress.compress.method import Context, zero_loss
 from spikecompress.compress.prune.sops_geometry import NEURON_TYPES, probe_geometry
 from spikecompress.compress.targets import select
-from spikecompress.snn.neuron import set_spike_mask
+from spikecompress.snn.neuron import set_spike_mask_
 
 log = logging.getLogger("spikecompress.sops_aware")
 
@@ -211,7 +211,7 @@ class SOPsAwarePruning:
             if neuron.spike_mask is not None:
                 keep = keep & (neuron.spike_mask != 0)
             delattr(neuron, GATE)
-            set_spike_mask(neuron, keep)
+            set_spike_mask_(neuron, keep)
         self.weights_, self.neurons_, self.hooks_ = [], [], []
         return model
 

@@ -35,7 +35,7 @@ from torch import nn
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.soft_threshold import (
     bake_soft_thresholds_,
-    install_all,
+    install_all_,
     set_thresholds_,
     threshold_sparsity,
 )
@@ -84,7 +84,7 @@ class STDS:
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
         d0 = stds_threshold(self.schedule, self.D, 0.0)
-        self.params_ = install_all(
+        self.params_ = install_all_(
             model, self.include, self.exclude, d0, self.straight_through
         )
 

@@ -1,6 +1,6 @@
 """Physical channel removal: slice conv / BN / Linear and the neurons, reset state, fix the spec.
 
-    remove_channels(model, {"features.0.conv": [1, 3]})   # drop channels 1 and 3 of that group
+    remove_channels_(model, {"features.0.conv": [1, 3]})   # drop channels 1 and 3 of that group
 
 Torch-Pruning prunes each group (``groups.channel_groups``) with the neurons swapped for stand-ins
 that slice their per-channel thresholds, taus, PLIF decays and spike masks. Afterwards every
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spikecompress.compress.prune.channel_mask import ungate
+from spikecompress.compress.prune.channel_mask import ungate_
 from spikecompress.compress.prune.groups import (
     ChannelGroup,
     channel_groups,
@@ -62,7 +62,7 @@ def _root_out(graph, module: nn.Module):
     return graph.get_pruner_of_module(module).prune_out_channels
 
 
-def remove_channels(
+def remove_channels_(
     model: nn.Module, remove: Mapping[str, Sequence[int]], example: torch.Tensor | None = None
 ) -> nn.Module:
     """Remove channels ``remove[group name]`` (indices) from ``model`` in place; returns it.
@@ -85,14 +85,14 @@ def remove_channels(
     return model
 
 
-def remove_masked(
+def remove_masked_(
     model: nn.Module, masks: Mapping[str, torch.Tensor], example: torch.Tensor | None = None
 ) -> nn.Module:
-    """Take the channel gates off (``channel_mask.ungate``) and remove every channel whose mask
+    """Take the channel gates off (``channel_mask.ungate_``) and remove every channel whose mask
     ``masks[group name]`` is 0; returns the model (changed in place)."""
-    ungate(model)
+    ungate_(model)
     drop = {name: (m == 0).nonzero().flatten().tolist() for name, m in masks.items()}
-    return remove_channels(model, drop, example)
+    return remove_channels_(model, drop, example)
 
 
 def consumer_inputs(

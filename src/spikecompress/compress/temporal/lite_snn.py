@@ -62,7 +62,7 @@ from torch.nn.utils import parametrize
 from spikecompress.compress.method import Context, model_device
 from spikecompress.compress.quant.fake_quant import bake_weight_, quantize, ste
 from spikecompress.compress.targets import select
-from spikecompress.models.exit_policy import install_exit_policy
+from spikecompress.models.exit_policy import install_exit_policy_
 
 log = logging.getLogger("spikecompress.lite_snn")
 
@@ -287,7 +287,7 @@ class LiteSNN:
         delattr(model, TIME)
         if getattr(model, "exit_policy", None) is not None:
             log.info("lite_snn: replacing the exit policy %s", model.exit_policy.config)
-        install_exit_policy(model, {"kind": "fixed", "steps": time.steps[int(time.choice)]})
+        install_exit_policy_(model, {"kind": "fixed", "steps": time.steps[int(time.choice)]})
         return model
 
     # -- cost and derivation -------------------------------------------------------------------

@@ -54,7 +54,7 @@ from torch import nn
 
 from spikecompress.compress.method import Context, zero_loss
 from spikecompress.models.checks import check_choice, check_float, check_int
-from spikecompress.models.exit_policy import KEY, SCORES, install_exit_policy, prefix_logits
+from spikecompress.models.exit_policy import KEY, SCORES, install_exit_policy_, prefix_logits
 
 MODES = ("confidence", "policy")
 BASELINES = ("running", "batch")
@@ -161,7 +161,7 @@ class SEENN:
                   "t_max": knobs["t_max"], "pool": knobs["pool"]}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(knobs["seed"])
-            policy = install_exit_policy(model, config)
+            policy = install_exit_policy_(model, config)
         if self.freeze_snn:
             own = {id(p) for p in policy.parameters()}
             self._frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
@@ -216,7 +216,7 @@ class SEENN:
             p.requires_grad_(True)
         self._frozen = []
         if self.mode == "confidence":
-            install_exit_policy(model, {"kind": "confidence", "alpha": self.alpha,
+            install_exit_policy_(model, {"kind": "confidence", "alpha": self.alpha,
                                         "score": self.score, "temperature": self.temperature})
         elif getattr(model, KEY, None) is None:
             raise RuntimeError("SEENN mode 'policy': the model lost its exit policy")

@@ -48,7 +48,7 @@ from spikecompress.compress.method import Context, model_device, zero_loss
 from spikecompress.models.time_stages import (
     SYNAPTIC,
     check_config,
-    install_time_stages,
+    install_time_stages_,
 )
 from spikecompress.snn.layers import reset_state
 from spikecompress.snn.losses import task_loss
@@ -175,7 +175,7 @@ class SSNN:
         split = list(self.split) or auto_split(model, len(self.steps) + 1)
         config = {"split": split, "steps": list(self.steps), "transformer": self.transformer,
                   "T": self.T}
-        stages = install_time_stages(model, config)
+        stages = install_time_stages_(model, config)
         outs, classes = _probe(model, self.steps[0] if self.T is None else self.T)
         g = torch.Generator().manual_seed(self.seed)
         dev = model_device(model)
