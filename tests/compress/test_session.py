@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,3 +147,33 @@ def test_method_param_groups_get_their_own_learning_rate_in_the_trainer():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     session.bind(opt, total_steps=10, steps_per_epoch=5)
     assert session.ctx.lr_at(3) == 1e-3 and session.ctx.total_steps == 10
+
+
+def test_a_misspelt_hook_or_a_wrong_signature_is_refused_at_attach():
+    @dataclasses.dataclass
+    class Misspelt:
+        KIND = "masks"
+
+        def after_steps(self, model, ctx):  # never called: the hook is after_step
+            pass
+
+    @dataclasses.dataclass
+    class Finalise:
+        KIND = "masks"
+
+        def finalise(self, model, ctx):
+            return model
+
+    @dataclasses.dataclass
+    class WrongArgs:
+        KIND = "loss"
+
+        def loss(self, model, out_seq):
+            return out_seq.sum()
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    for cls, message in [(Misspelt, "Misspelt.after_steps looks like a misspelt hook 'after_step'"),
+                         (Finalise, "Finalise.finalise looks like a misspelt hook 'finalize'"),
+                         (WrongArgs, "WrongArgs.loss must take (model, x_seq, out_seq, ctx)")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            attach(model, [cls()])

@@ -1,7 +1,9 @@
 """The Method protocol: one compression technique = one dataclass of hyper-parameters + hooks.
 
 A method's dataclass fields are its hyper-parameters (the class *is* its config, validated in
-``__post_init__``); runtime state lives in fields whose names end in ``_``. Every hook is optional:
+``__post_init__``); runtime state lives in fields whose names end in ``_``. Every hook is optional
+(``Method`` declares their signatures; ``Session`` checks them at attach and refuses a public
+callable whose name looks like a misspelt hook):
 
     attach(model, ctx)                 once, before training (add parametrizations, init state)
     param_groups(model, ctx)           optimizer groups of its own: [{"params", "lr_scale", ...}]
@@ -21,9 +23,11 @@ those fields and the Trainer saves them with every checkpoint, so a killed run r
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -50,17 +54,61 @@ class Context:
     y: Any = None
 
 
-@runtime_checkable
 class Method(Protocol):
-    """What the Session calls; implement any subset of the hooks (see the module docstring)."""
+    """One compression technique. ``KIND`` is required; every hook is optional — the Session
+    calls those a method defines, with exactly these signatures (checked at ``attach``)."""
 
     KIND: ClassVar[str]
+
+    def attach(self, model: nn.Module, ctx: Context) -> None:
+        """Once, before training: add parametrizations, hooks, initial state."""
+
+    def param_groups(self, model: nn.Module, ctx: Context) -> list[dict]:
+        """Optimizer groups of the method's own: ``[{"params": [...], "lr_scale": s}]``."""
+
+    def loss(
+        self, model: nn.Module, x_seq: torch.Tensor, out_seq: torch.Tensor, ctx: Context
+    ) -> torch.Tensor:
+        """A term added to the task loss at every step (a 0-dim tensor)."""
+
+    def after_step(self, model: nn.Module, ctx: Context) -> None:
+        """After each optimizer step; schedules read ``ctx.progress``."""
+
+    def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """Bake the result into a plain module and return it."""
+
+
+HOOKS = ("attach", "param_groups", "loss", "after_step", "finalize")
 
 
 def hook(method: object, name: str):
     """The method's hook ``name`` or None when it does not define one."""
     fn = getattr(method, name, None)
     return fn if callable(fn) else None
+
+
+def check_hooks(method: object) -> None:
+    """Refuse, with one line, a hook whose signature differs from ``Method``'s and a public
+    callable whose name looks like a misspelt hook (``after_steps``, ``finalise``), which the
+    Session would otherwise silently never call."""
+    cls = type(method)
+    for name in dir(cls):
+        if name.startswith("_") or name in HOOKS or not callable(getattr(cls, name, None)):
+            continue
+        close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"{cls.__name__}.{name} looks like a misspelt hook {close[0]!r}: "
+                             f"rename it, or make it private with a leading underscore")
+    for name in HOOKS:
+        fn = hook(method, name)
+        if fn is None:
+            continue
+        want = list(inspect.signature(getattr(Method, name)).parameters)[1:]  # without self
+        try:
+            inspect.signature(fn).bind(*want)
+        except TypeError:
+            raise ValueError(f"{cls.__name__}.{name} must take ({', '.join(want)}), got "
+                             f"{inspect.signature(fn)}") from None
 
 
 def zero_loss(out_seq: torch.Tensor) -> torch.Tensor:

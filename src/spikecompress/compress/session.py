@@ -18,7 +18,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spikecompress.compress.method import KINDS, Context, hook, method_name, runtime_state
+from spikecompress.compress.method import (
+    KINDS,
+    Context,
+    check_hooks,
+    hook,
+    method_name,
+    runtime_state,
+)
 from spikecompress.compress.parametrize import bake_, is_plain
 
 # at most one method of these kinds at once: two would fight over the same weights
@@ -160,6 +167,7 @@ def _check(methods: Sequence[object]) -> None:
         kind = getattr(type(m), "KIND", None)
         if kind not in KINDS:
             raise ValueError(f"{method_name(m)}: KIND must be one of {list(KINDS)}, got {kind!r}")
+        check_hooks(m)
     names = Counter(method_name(m) for m in methods)
     twice = [n for n, c in names.items() if c > 1]
     if twice:

@@ -4,7 +4,7 @@
 conv (1-D, 2-D, 3-D), linear layer and neuron, and returns ``Counts``: totals over all T steps and
 all B samples, and the same figures per layer (keyed by the module's qualified name).
 
-Definitions (specs/quant-kd.md §5.1, specs/pruning.md §1.3):
+Definitions (``docs/energy.md``):
 * A synaptic layer's input is *binary* (all values in {0, 1}, or bool), *ternary* ({-1, 0, 1})
   or *real*. Binary and ternary inputs are counted as SOPs (accumulates), real ones as MACs.
 * Both count the (non-zero input, non-zero weight) pairs the layer actually sums, per time step

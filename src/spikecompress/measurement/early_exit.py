@@ -1,5 +1,5 @@
-"""Exit-aware evaluation and counting for a model carrying ``model.exit_policy`` (SEENN, specs/
-pruning.md §4.3, §12.4): what ``measure()`` reports for it.
+"""Exit-aware evaluation and counting for a model carrying ``model.exit_policy`` (SEENN, Li et al.,
+NeurIPS 2023): what ``measure()`` reports for it.
 
 * Accuracy: the early-exit predictions (argmax of Σ_{k≤t} out[k] at each sample's exit step t).
 * Average exit step (AET, §12.4): Σ_t t · count_t / N, the mean of per-sample steps.

@@ -1,7 +1,7 @@
 """Energy from operation counts: named 45 nm profiles, compute-only (L0) and memory-aware (L1).
 
-Implements specs/quant-kd.md §5 (counting §5.1, unit energies §5.2, model §5.5) and
-specs/pruning.md §1.3. Energies are totals over whatever the ``counts`` cover; divide by
+Implements the survey's energy model ``E = E_AC · SOPs + E_MAC · MACs`` (L0) and a
+memory-aware L1 level; ``docs/energy.md`` states the counting rules, unit energies and sources. Energies are totals over whatever the ``counts`` cover; divide by
 ``counts["samples"]`` for per-sample figures. Raw counts are never modified and should be
 reported next to every energy figure.
 """
@@ -210,7 +210,7 @@ def energy_pj(
     state_traffic: str = "per_neuron_step",
     packed: bool = True,
 ) -> dict[str, float]:
-    """Energy of an SNN inference from its operation counts (specs/quant-kd.md §5.5).
+    """Energy of an SNN inference from its operation counts (``docs/energy.md``).
 
     L0 (compute only, literature-compatible), with unit energies from ``op_energies_pj``:
         E0 = E_AC * sops + E_MAC * macs + E_neuron * neuron_updates
@@ -358,9 +358,9 @@ def ann_energy_pj(
 
 _HOROWITZ = (
     "Horowitz, 'Computing's energy problem (and what we can do about it)', ISSCC 2014, "
-    "pp. 10-14, 45 nm 0.9 V energy-per-operation table (Fig. 1.1.9 [unverified number]), as "
-    "transcribed in specs/quant-kd.md §5.2; the op energies match SpikingJelly 2.0 op_counter "
-    "presets [code], the paper table itself was not re-read [unverified]."
+    "pp. 10-14, 45 nm 0.9 V energy-per-operation table (Fig. 1.1.9 [unverified number]); the "
+    "op energies match SpikingJelly 2.0 op_counter presets [code], the paper table itself was "
+    "not re-read [unverified]."
 )
 _MEMORY = (
     " SRAM per 64-bit access 10/20/100 pJ at 8 KB/32 KB/1 MB (same table; KB = 1024 B; "

@@ -79,7 +79,7 @@ def reach_map(layer: nn.Module, shape: tuple, mask: torch.Tensor, zero_w: bool, 
 def alive_outputs(modules: list[tuple[str, nn.Module]]) -> dict[nn.Module, torch.Tensor]:
     """Synaptic layer → the ``spike_mask`` [C, ...] of the neuron it feeds directly (through
     BatchNorm / Dropout / Identity only, in module order); synapses onto a pruned neuron are not
-    connections and their events are not SOPs (specs/pruning.md §1.3)."""
+    connections and their events are not SOPs (``docs/energy.md``)."""
     out, pending = {}, None
     for _, m in modules:
         if isinstance(m, SYNAPTIC):

@@ -1,5 +1,5 @@
-"""Early-exit policies installed on a model as ``model.exit_policy`` (SEENN, specs/pruning.md §4.3,
-§12.4): the model's forward stays the full-T per-step logits; the policy decides, per sample, the
+"""Early-exit policies installed on a model as ``model.exit_policy`` (SEENN, Li et al.,
+NeurIPS 2023): the model's forward stays the full-T per-step logits; the policy decides, per sample, the
 step t at which the SNN stops and the prediction argmax of Σ_{k≤t} out[k].
 
 Every policy is an ``nn.Module`` called as ``policy(x_seq, out_seq) -> (steps [B] int64 in 1..T,

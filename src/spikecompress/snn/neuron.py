@@ -16,7 +16,7 @@ every sample (the membrane runs as usual; a pruned neuron simply never emits). T
 Leak override: a neuron may carry a ``leak`` tensor (scalar or [C]; None by default, then absent
 from ``state_dict``): the decay ``k`` of the charge is then ``leak`` instead of the value from τ
 (1 for IF), the input gain unchanged: ``H[t] = leak · V[t-1] + a · X[t]`` (soft reset), the
-learnable leak of Chowdhury et al.'s temporal pruning (specs/pruning.md §12.2).
+learnable leak of Chowdhury, Rathi & Roy's temporal pruning (ECCV 2022).
 ``add_optional_state_(model, state)`` re-creates ``spike_mask`` and ``leak`` before loading.
 """
 

@@ -2,16 +2,18 @@
 
 It trains a model on ``Data`` loaders with a ``TrainConfig``, evaluates after every epoch, shows a
 rich progress bar, and checkpoints atomically into ``out_dir`` so a killed run resumes and ends with
-the same weights as an uninterrupted one. A compression session (anything with ``loss(x_seq,
-out_seq)`` and ``after_step(progress)``) rides along through its hooks. Distributed-ready: the data
-shard and seed come from ``rank``/``world_size``, and only rank 0 logs and writes.
+the same weights as an uninterrupted one. A compression ``Session``
+(``spikecompress.compress.attach``) rides along: the Trainer calls ``param_groups``, ``bind``,
+``loss``, ``after_step`` and ``state_dict`` / ``load_state_dict``, nothing method-specific.
+Distributed-ready: the data shard and seed come from ``rank``/``world_size``, and only rank 0
+logs and writes.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,23 +27,8 @@ from spikecompress.train.loop import cosine_lr, make_optimizer
 from spikecompress.train.progress import Progress
 from spikecompress.train.seeding import rng_state, seed_everything, set_rng_state
 
-
-class SessionLike(Protocol):
-    ctx: Any  # spikecompress.compress.Context: step and progress are restored on resume
-
-    def loss(
-        self, x_seq: torch.Tensor, out_seq: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor | float: ...
-
-    def after_step(self, progress: float) -> None: ...
-
-    def bind(self, optimizer, lr_at, total_steps: int) -> None: ...
-
-    def param_groups(self) -> list[dict]: ...
-
-    def state_dict(self) -> tuple[dict, dict]: ...
-
-    def load_state_dict(self, tensors: dict, scalars: dict) -> None: ...
+if TYPE_CHECKING:  # the type only: importing it would load every method with the Trainer
+    from spikecompress.compress.session import Session
 
 
 class Trainer:
@@ -57,7 +44,7 @@ class Trainer:
         data: Any,
         cfg: TrainConfig,
         out_dir: str | Path | None = None,
-        session: SessionLike | None = None,
+        session: Session | None = None,
         meta: dict | None = None,
         rank: int = 0,
         verbose: bool = True,

@@ -1,6 +1,6 @@
 """Uniform symmetric weight quantization: QAT with a straight-through estimator, or PTQ.
 
-The quantizer is ``fake_quant.quantize`` (specs/quant-kd.md §1.2): ``Ŵ = s · clamp(round(W / s),
+The quantizer is ``fake_quant.quantize`` : ``Ŵ = s · clamp(round(W / s),
 −qmax, qmax)``, ``qmax = 2^{b−1} − 1``, ``s = max|W| / qmax``; 1 bit is ``s · sign(W)``,
 ``s = mean|W|``. QAT trains through the quantizer with the identity STE (Bengio et al. 2013;
 the weight-QAT baseline of the SNN quantization papers in the survey, e.g. Deng et al. TNNLS 2021

@@ -1,6 +1,6 @@
 """Weight sharing by k-means: a per-layer codebook of ``clusters`` centroids, fine-tuned or not.
 
-Deep Compression's trained quantization (Han, Mao, Dally, ICLR 2016; specs/quant-kd.md §2.2):
+Deep Compression's trained quantization (Han, Mao, Dally, ICLR 2016):
 per layer, the non-zero (surviving) weights are clustered by 1-D k-means with *linear* init
 ``c = linspace(min W, max W, k)`` (the paper's best init: it keeps the rare large weights), then
 

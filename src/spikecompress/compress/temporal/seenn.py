@@ -1,5 +1,5 @@
 """SEENN — spiking early exit: each input gets its own number of time steps (Li, Geller, Kim, Panda
-— NeurIPS 2023, arXiv 2304.01230; specs/pruning.md §4.3, §12.4).
+— NeurIPS 2023, arXiv 2304.01230).
 
 The model's forward is unchanged (full-T per-step logits); SEENN installs ``model.exit_policy``
 (``models.exit_policy``), which ``measure()`` and ``measure.early_exit.early_exit_predict`` use:

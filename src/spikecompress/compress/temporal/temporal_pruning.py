@@ -1,4 +1,4 @@
-"""Progressive temporal pruning (Chowdhury, Rathi & Roy, ECCV 2022; specs/pruning.md §4.1, §12.2).
+"""Progressive temporal pruning (Chowdhury, Rathi & Roy, ECCV 2022).
 
 The paper trains an SNN at T steps, then retrains it at fewer steps, each stage initialised from the
 previous one, down to T = 1, with the firing threshold and the leak of every layer trained as
