@@ -3,9 +3,9 @@
     python tools/import_graph.py            # summary: floors, floor-to-floor edges, violations
     python tools/import_graph.py --edges    # every module-to-module edge as well
 
-The floors are those of the design (docs/design.md, "Layering"): a module may import its own
-package and any lower floor; an import of a higher floor or of a sibling package on the same floor
-is a back-edge. Imports inside functions ("lazy") are listed: the package's own modules may be
+The floors are the README's ("The public API and the package's floors"): a module may import its
+own package and any lower floor; an import of a higher floor or of a sibling package on the same
+floor is a back-edge. Imports inside functions ("lazy") are listed: the package's own modules may be
 imported lazily only where ``LAZY_ALLOWED`` documents why. ``tests/test_layering.py`` runs
 ``check()`` and fails on any back-edge, undocumented lazy import or cycle.
 """
