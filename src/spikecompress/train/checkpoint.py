@@ -32,8 +32,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """``json.dumps`` with indentation, written atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    """Strict JSON (a NaN or inf is refused, naming the file) with indentation, atomically."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path}: refusing to write NaN or inf into JSON") from None
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:

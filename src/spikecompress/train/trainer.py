@@ -23,6 +23,7 @@ from spikecompress.snn.layers import reset_state
 from spikecompress.snn.losses import task_loss
 from spikecompress.train import checkpoint as ckpt
 from spikecompress.train.config import TrainConfig
+from spikecompress.train.divergence import DivergenceGuard
 from spikecompress.train.loop import cosine_lr, make_optimizer
 from spikecompress.train.progress import Progress
 from spikecompress.train.seeding import rng_state, seed_everything, set_rng_state
@@ -67,9 +68,14 @@ class Trainer:
             session.bind(self.opt, self._lr_at, self.total_steps, self.steps_per_epoch)
         self.step, self.history = 0, []
         self.progress = Progress(enabled=verbose and rank == 0)
+        where = self.meta.get("stage") and f"stage {self.meta['stage']!r}"
+        self.guard = DivergenceGuard(where or str(self.out_dir or "training"))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save(self) -> None:
+        """Checkpoint (rank 0, with an ``out_dir``) once the weights are known finite: a diverged
+        model never replaces the last good checkpoint."""
+        self.guard.weights(self.model, self.step // max(self.steps_per_epoch, 1), self.step)
         if self.out_dir is None or self.rank != 0:
             return
         opt_tensors, opt_meta = ckpt.optimizer_to_flat(self.opt)
@@ -158,6 +164,8 @@ class Trainer:
             if i < skip:
                 continue  # iterating (not slicing) replays the loader's RNG exactly
             loss, acc = self._train_step(x_seq.to(self.device), y.to(self.device))
+            if not self.cfg.amp:  # under AMP the scaler skips inf steps by design
+                self.guard.loss(loss, epoch, self.step)
             loss_sum, acc_sum, n = loss_sum + loss, acc_sum + acc, n + 1
             self.progress.advance(loss=loss, acc=acc)
             if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
