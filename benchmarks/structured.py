@@ -57,7 +57,7 @@ def method_for(variant: str):
         "sca": lambda: _sca(k, {}),  # the authors' code
         "sca_bn": lambda: _sca(k, {"after_bn": True}),  # + masks after BN at every step
         "sca_fixed": lambda: _sca(k, ALL_FIXES),  # + dense γ regrowth, gradual, 5 % floor
-        "pca": lambda: METHODS["pca_width"](variance=k, collect=1.0),
+        "pca": lambda: METHODS["pca_width"](variance=k, collect=1.0, init="scratch"),
         "sdsnn": lambda: METHODS["sdsnn"](count_thre=int(k)),
     }
     if name not in table:
