@@ -177,3 +177,11 @@ def test_a_misspelt_hook_or_a_wrong_signature_is_refused_at_attach():
                          (WrongArgs, "WrongArgs.loss must take (model, x_seq, out_seq, ctx)")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             attach(model, [cls()])
+
+
+def test_a_model_with_nan_weights_is_refused_before_any_method_runs():
+    model = build("mlp", in_features=4, widths=[3], classes=2)
+    with torch.no_grad():
+        model.classifier.fc.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"model: classifier\.fc\.weight holds NaN or inf"):
+        attach(model, [METHODS["magnitude"](sparsity=0.5)])

@@ -37,6 +37,7 @@ class Session:
 
     def __init__(self, model: nn.Module, methods: Sequence[object], stage: str = "") -> None:
         _check(methods)
+        _check_finite(model)
         self.model, self.methods = model, list(methods)
         self.ctx = Context(stage=stage)
         self.finalized = False
@@ -159,6 +160,14 @@ def _tensor_list(value: object) -> bool:
 def _tensor_dict(value: object) -> bool:
     return isinstance(value, dict) and bool(value) and all(
         isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items())
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Pruning or quantizing NaN / inf weights would bake garbage into the artifact: refuse."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"model: {name} holds NaN or inf; compress a finite model "
+                             f"(did training diverge?)")
 
 
 def _check(methods: Sequence[object]) -> None:
