@@ -131,6 +131,8 @@ def test_descent_each_stage_at_its_T_initialised_from_the_previous(tmp_path):
 
 
 def test_ann_conversion_copies_weights_and_sets_percentile_thresholds(data):
+    # a spike of a neuron with threshold λ stands for λ: the layers that read spikes (not the
+    # input) get their weights times λ; BN, biases and the first conv are copied as they are
     ann = _net(spiking=False).eval()  # eval: BN running statistics stay as they are
     weights = {k: v.clone() for k, v in ann.state_dict().items()}
     method = ANNConversion(percentile=90.0, samples=10**7)
@@ -147,8 +149,14 @@ def test_ann_conversion_copies_weights_and_sets_percentile_thresholds(data):
     assert snn.spec["spiking"] and snn.spec["neuron"] == "if"
     assert snn.spec["neuron_params"]["v_reset"] is None  # soft reset
     state = snn.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in weights.items())
     modules = dict(snn.named_modules())
+    readers = {"features.1.conv.weight": "features.0.act", "classifier.fc.weight": "features.1.act"}
+    for k, v in weights.items():
+        if k in readers:
+            expected = v * modules[readers[k]].v_threshold
+            assert torch.allclose(state[k], expected, rtol=1e-6, atol=0), k
+        else:
+            assert torch.equal(state[k], v), k
     for name, outs in acts.items():
         pos = torch.cat([o.flatten() for o in outs])
         expected = torch.quantile(pos[pos > 0].double(), 0.9)
