@@ -52,8 +52,9 @@ def method_for(variant: str):
     name, _, knob = variant.partition("@")
     k = float(knob) if knob else None
     table = {
-        "l1": lambda: METHODS["l1_filter"](prune=k),
-        "slimming": lambda: METHODS["slimming"](prune=k, penalty=3e-3),  # 1e-4 moves no γ here
+        "l1": lambda: METHODS["l1_filter"](channel_sparsity=k),
+        # penalty 1e-4 moves no γ here; the paper's one global |γ| threshold
+        "slimming": lambda: METHODS["slimming"](channel_sparsity=k, penalty=3e-3, scope="global"),
         "sca": lambda: _sca(k, {}),  # the authors' code
         "sca_bn": lambda: _sca(k, {"after_bn": True}),  # + masks after BN at every step
         "sca_fixed": lambda: _sca(k, ALL_FIXES),  # + dense γ regrowth, gradual, 5 % floor

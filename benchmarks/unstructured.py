@@ -41,16 +41,16 @@ TASKS = {  # data, model, widths, dense epochs, dense lr
 
 
 def method_for(variant: str):
-    """``name@knob`` → the method instance (knob: target sparsity, or the method's own knob for
-    the methods whose sparsity is implicit: Grad R's alpha, STDS / LATS's D, SOPs-aware λ)."""
+    """``name@knob`` → the method instance (knob: target sparsity, or the paper's own knob for
+    the variants that sweep it: Grad R's alpha, STDS / LATS's D, SOPs-aware λ)."""
     name, _, knob = variant.partition("@")
     k = float(knob) if knob else None
     table = {
         "oneshot": lambda: METHODS["magnitude"](sparsity=k, schedule="constant"),
         "gradual": lambda: METHODS["magnitude"](sparsity=k, schedule="cubic", until=0.67),
         "admm": lambda: METHODS["admm"](sparsity=k, scope="global", update_every=16),
-        "admm_layer": lambda: METHODS["admm"](sparsity=k),  # the class defaults: per layer
-        "esl": lambda: METHODS["esl"](density=round(1 - k, 6)),
+        "admm_layer": lambda: METHODS["admm"](sparsity=k, scope="layer"),
+        "esl": lambda: METHODS["esl"](sparsity=k, placement="random"),  # the paper's ER graph
         "gradr": lambda: METHODS["gradr"](alpha=k),
         "stds": lambda: METHODS["stds"](D=k),
         "stds_const": lambda: METHODS["stds"](D=k),  # with a constant LR, as the official code

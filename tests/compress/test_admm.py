@@ -1,21 +1,24 @@
 """ADMM pruning (spec §2.1) and the spike-rate penalty (activity regularisation)."""
 
+import copy
 import functools
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from spikecompress.compress import attach, is_plain, select
 from spikecompress.compress.activity.penalty import SpikeRecorder, spike_rate_penalty
 from spikecompress.compress.contract import TINY_MODELS as TINY
-from spikecompress.compress.contract import check_method
+from spikecompress.compress.contract import _train_steps, check_method, method_spec
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.admm import ADMMPruning, project, topk_mask
 from spikecompress.compress.prune.masks import mask_of
 from spikecompress.data import DataConfig, load_data
+from spikecompress.measurement.sparsity import weight_sparsity
 from spikecompress.models import build
 from spikecompress.snn import IF, LIF, reset_state
 
@@ -62,7 +65,7 @@ def test_projection_keeps_exactly_k_largest_with_deterministic_ties():
     assert int(official) == 4
     # Z-step on a net: each Z_l has exactly k_l non-zeros, the k_l largest |W_l + U_l|
     model = _model()
-    method = ADMMPruning(sparsity=0.7, update_every=1)
+    method = ADMMPruning(sparsity=0.7, scope="layer", update_every=1)
     session = attach(model, [method])
     torch.manual_seed(1)
     method.u_ = [torch.randn_like(u) * 0.1 for u in method.u_]
@@ -78,7 +81,7 @@ def test_projection_keeps_exactly_k_largest_with_deterministic_ties():
 # -- defining behaviours 2 and 4: the dual accumulates; a superficial version does not -------------
 def test_dual_accumulates_residual_and_superficial_penalty_differs():
     model = _model()
-    method = ADMMPruning(sparsity=0.75, update_every=1, rho=1.0)
+    method = ADMMPruning(sparsity=0.75, scope="layer", update_every=1, rho=1.0)
     session = attach(model, [method])
     session.after_step(progress=0.1)  # first update with W fixed: U_1 = W − Proj(W)
     u_prev = [u.clone() for u in method.u_]
@@ -104,7 +107,7 @@ def test_dual_accumulates_residual_and_superficial_penalty_differs():
 @pytest.mark.parametrize("sparsity", [0.75, {"default": 0.9, r"features\.0\..*": 0.5}])
 def test_hard_prune_exact_k_and_pruned_weights_stay_zero_through_adam(sparsity):
     model = _model()
-    method = ADMMPruning(sparsity=sparsity, update_every=1, admm_until=0.5)
+    method = ADMMPruning(sparsity=sparsity, scope="layer", update_every=1, admm_until=0.5)
     session = attach(model, [method])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     _train(model, session, opt, 0, 4, 8)  # ADMM phase: Adam moments on every weight
@@ -305,3 +308,37 @@ def test_bad_hyper_parameters_name_the_field():
         attach(_model(), [ADMMPruning(sparsity={"classifier.*": 0.5})])
     with pytest.raises(ValueError, match="several patterns"):
         attach(_model(), [ADMMPruning(sparsity={"default": 0.5, "classifier.*": 0.5, ".*fc": 0.6})])
+
+
+# -- the target: one sparsity is one global budget, met exactly; a mapping is per layer ------------
+@pytest.fixture(scope="module")
+def trained(data):
+    """A small conv net trained dense on the digits for a few steps."""
+    torch.manual_seed(0)
+    model = build("conv_net", in_channels=1, input_size=8, classes=10, widths=[8, 16])
+    _train_steps(model, attach(model, []), data, 12, lr=1e-2)
+    return model
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9])
+def test_sparsity_target_is_met_on_a_trained_model(target, trained, data):
+    model = copy.deepcopy(trained)
+    method = ADMMPruning(sparsity=target)
+    assert method.scope == "global"
+    names = [n for n, _ in select(model)]
+    n = sum(m.weight.numel() for _, m in select(model))
+    session = attach(model, [method])
+    _train_steps(model, session, data, 8, lr=1e-3, per_epoch=3)
+    plain = session.finalize()
+    zeros = sum(int((m.weight == 0).sum()) for _, m in select(plain))
+    assert zeros == round(target * n)  # one global top-k; kept weights are trained, non-zero
+    assert abs(weight_sparsity(plain, names) - target) <= 0.01
+
+
+def test_scope_follows_the_form_of_sparsity_and_round_trips_through_yaml():
+    mapping = {"default": 0.9, r"features\.0\..*": 0.5}
+    assert ADMMPruning().scope == "global" and ADMMPruning(sparsity=mapping).scope == "layer"
+    assert ADMMPruning(sparsity=0.5, scope="layer").scope == "layer"
+    for method in (ADMMPruning(), ADMMPruning(sparsity=mapping), ADMMPruning(scope="layer")):
+        spec = yaml.safe_load(yaml.safe_dump(method_spec(method)))
+        assert ADMMPruning(**{k: v for k, v in spec.items() if k != "name"}) == method

@@ -7,14 +7,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
-from spikecompress.compress import attach
+from spikecompress.compress import attach, select
 from spikecompress.compress.contract import TINY_MODELS as TINY
-from spikecompress.compress.contract import check_method
+from spikecompress.compress.contract import _train_steps, check_method, method_spec
 from spikecompress.compress.prune.esl import ESLSNN, er_densities
 from spikecompress.compress.prune.masks import mask_of
 from spikecompress.data import DataConfig, load_data
+from spikecompress.measurement.sparsity import weight_sparsity
 from spikecompress.models import build
 from spikecompress.snn import reset_state
 
@@ -277,7 +279,7 @@ def test_killed_and_resumed_training_equals_uninterrupted(grow):
 def test_randomness_is_a_function_of_the_seed():
     def masks(seed):
         model = _conv()
-        method = ESLSNN(density=0.3, seed=seed)
+        method = ESLSNN(density=0.3, placement="random", seed=seed)
         attach(model, [method])
         return _masks(method)
 
@@ -320,3 +322,56 @@ def test_contract(model_name, data):
     every_step = {"update_every": 1, "drop_fraction": 0.3, "decay": "cosine", "until": 1.0}
     check_method(functools.partial(ESLSNN, rewire=every_step),
                  build(classes=10, **TINY[model_name]), data)
+
+
+# -- the target: sparsity = 1 − density, exact from the first step to the last -------------------
+@pytest.fixture(scope="module")
+def trained(data):
+    """A small conv net trained dense on the digits for a few steps."""
+    torch.manual_seed(0)
+    model = build("conv_net", in_channels=1, input_size=8, classes=10, widths=[8, 16])
+    _train_steps(model, attach(model, []), data, 12, lr=1e-2)
+    return model
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9])
+def test_sparsity_target_is_met_on_a_trained_model(target, trained, data):
+    model = copy.deepcopy(trained)
+    names = [n for n, _ in select(model)]
+    method = ESLSNN(sparsity=target, rewire=FAST)  # events at steps 2, 4, 6 of 9
+    session = attach(model, [method])
+    _train_steps(model, session, data, 9, lr=1e-3, per_epoch=3)
+    assert method.events_ == 3
+    plain = session.finalize()
+    assert abs(weight_sparsity(plain, names) - target) <= 0.01
+
+
+def test_magnitude_placement_keeps_each_layers_largest_weights_and_random_ignores_them(trained):
+    model = copy.deepcopy(trained)
+    before = [m.weight.detach().abs().clone() for _, m in select(model)]
+    method = ESLSNN(sparsity=0.7)
+    attach(model, [method])
+    dens = er_densities([w.shape for w in before], 0.3, "er")
+    for w, m, d in zip(before, method.targets_, dens, strict=True):
+        keep = mask_of(m).mask.bool()
+        assert int(keep.sum()) == round(d * w.numel())  # the ER count of the layer ...
+        assert w[keep].min() >= w[~keep].max()  # ... at its largest |w|
+    model = copy.deepcopy(trained)
+    method = ESLSNN(sparsity=0.7, placement="random")
+    attach(model, [method])
+    overlap = [float(w[mask_of(m).mask.bool()].mean() / w.mean())
+               for w, m in zip(before, method.targets_, strict=True)]
+    assert all(0.5 < o < 1.5 for o in overlap)  # a random graph: no preference for large |w|
+
+
+def test_density_is_the_other_spelling_of_sparsity_and_not_both():
+    assert ESLSNN(density=0.1) == ESLSNN(sparsity=0.9)
+    assert ESLSNN().sparsity == 0.8 and ESLSNN(density=0.25).density is None
+    with pytest.raises(ValueError, match="^set sparsity or density, not both$"):
+        ESLSNN(sparsity=0.9, density=0.1)
+    for kwargs, field in [(dict(sparsity=1.0), "sparsity"), (dict(placement="top"), "placement")]:
+        with pytest.raises(ValueError, match=f"^{field}"):
+            ESLSNN(**kwargs)
+    for method in (ESLSNN(), ESLSNN(density=0.1, placement="random")):
+        spec = yaml.safe_load(yaml.safe_dump(method_spec(method)))
+        assert ESLSNN(**{k: v for k, v in spec.items() if k != "name"}) == method

@@ -9,8 +9,9 @@ from torch import nn
 from spikecompress.compress import attach
 from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
+from spikecompress.compress.prune.channel_select import choose_masks
 from spikecompress.compress.prune.groups import channel_groups
-from spikecompress.compress.prune.l1_filter import L1FilterPruning, filter_l1, l1_masks
+from spikecompress.compress.prune.l1_filter import L1FilterPruning, filter_l1
 from spikecompress.compress.prune.surgery import consumer_inputs
 from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
@@ -64,7 +65,7 @@ def test_removes_exactly_the_lowest_l1_filters_of_each_layer():
     for name, v in norms.items():
         _set_l1(modules[name], v)
     before = {n: modules[n].weight.detach().clone() for n in norms}
-    pruned, method = _prune(model, prune=0.5, scope="layer", floor=0.0)
+    pruned, method = _prune(model, channel_sparsity=0.5, scope="layer", floor=0.0)
     keep, by_l2 = {}, []
     for name, v in norms.items():
         top = _top(v, len(v) // 2)  # the top half
@@ -82,12 +83,15 @@ def test_removes_exactly_the_lowest_l1_filters_of_each_layer():
 
 @pytest.mark.parametrize(
     "prune, floor, widths, hidden",
-    [(0.3, 0.1, [3, 4, 7], [6]), (0.3, 0.6, [3, 5, 7], [6]), (0.9, 0.0, [1, 1, 1], [1]),
-     (0.0, 0.0, [5, 7, 10], [9])],
+    # 31 channels, 0.3: shares 1.5 2.1 3.0 2.7 → ⌊⌋ 1 2 3 2 = 8, the 9th of round(9.3) = 9 goes to
+    # the largest remainder (2.7); floor 0.6 caps them at 2 2 4 3 (same result); 0.9: the floors
+    # (one channel each) keep 4, so 27 go instead of 28; 0.5: 14 + 2 remainders of .5, earliest
+    [(0.3, 0.1, [4, 5, 7], [6]), (0.3, 0.6, [4, 5, 7], [6]), (0.9, 0.0, [1, 1, 1], [1]),
+     (0.0, 0.0, [5, 7, 10], [9]), (0.5, 0.0, [2, 3, 5], [5])],
 )
 def test_per_layer_counts_are_exact(prune, floor, widths, hidden):
     model = _model(widths=[5, 7, 10], hidden=[9])
-    pruned, method = _prune(model, prune=prune, floor=floor)
+    pruned, method = _prune(model, channel_sparsity=prune, floor=floor)
     assert pruned.spec["widths"] == widths and pruned.spec["hidden"] == hidden
     assert [int(m.sum()) for m in method.masks_.values()] == [*widths, *hidden]
     total, kept = 5 + 7 + 10 + 9, sum(widths) + sum(hidden)
@@ -103,13 +107,13 @@ def test_global_scope_ranks_group_normalised_scores_across_layers():
         modules = dict(model.named_modules())
         _set_l1(modules["features.0.conv"], big)
         _set_l1(modules["features.1.conv"], small)
-        pruned, method = _prune(model, prune=0.5, scope=scope, floor=0.1)
+        pruned, method = _prune(model, channel_sparsity=0.5, scope=scope, floor=0.1)
         kept[scope] = pruned.spec["widths"]
         if scope == "global":  # the big-norm layer keeps only its one outstanding filter
             assert method.masks_["features.0.conv"].tolist() == [0, 0, 0, 0, 0, 1]
             assert method.masks_["features.1.conv"].tolist() == [0, 0, 1, 1, 1, 1, 1, 1]
     assert kept == {"layer": [3, 4], "global": [1, 6]}
-    raw = l1_masks({"a": torch.tensor(big), "b": torch.tensor(small)}, 0.5, "layer", 0.1)
+    raw = choose_masks({"a": torch.tensor(big), "b": torch.tensor(small)}, 0.5, "layer", 0.1)
     assert [int(m.sum()) for m in raw.values()] == [3, 4]
 
 
@@ -124,7 +128,7 @@ def test_residual_group_score_sums_its_producers():
                                                       "features.stage0.0.conv2"]
     scores = filter_l1(model, [groups["features.stem.conv"]])["features.stem.conv"]
     assert torch.allclose(scores, torch.tensor(a) + torch.tensor(b).double())
-    _, method = _prune(model, prune=0.5, include=["features\\.stem\\.conv"])
+    _, method = _prune(model, channel_sparsity=0.5, include=["features\\.stem\\.conv"])
     assert method.masks_["features.stem.conv"].tolist() == [1, 1, 0, 0, 0, 1]  # not a's, not b's
     assert list(method.masks_) == ["features.stem.conv"]
 
@@ -132,7 +136,7 @@ def test_residual_group_score_sums_its_producers():
 def test_pruned_output_equals_dense_with_removed_consumer_inputs_zeroed():
     model = _model("sew_resnet", widths=[6, 8], blocks=[1, 1])
     dense = copy.deepcopy(model).eval()
-    pruned, method = _prune(model, prune=0.5, scope="global")
+    pruned, method = _prune(model, channel_sparsity=0.5, scope="global")
     drop = {n: (m == 0).nonzero().flatten().tolist() for n, m in method.masks_.items()}
     modules = dict(dense.named_modules())
     for name, idxs in consumer_inputs(dense, drop).items():
@@ -145,7 +149,8 @@ def test_pruned_output_equals_dense_with_removed_consumer_inputs_zeroed():
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"prune": -0.1}, "prune"), ({"scope": "net"}, "scope"), ({"floor": -1}, "floor"),
+    [({"channel_sparsity": -0.1}, "channel_sparsity"), ({"until": 1.5}, "until"),
+     ({"scope": "net"}, "scope"), ({"floor": -1}, "floor"),
      ({"include": [1]}, "include")],
 )
 def test_invalid_fields_name_themselves(fields, message):

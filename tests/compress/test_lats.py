@@ -6,15 +6,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from torch import nn
 
 from spikecompress.compress import attach
 from spikecompress.compress.contract import TINY_MODELS as TINY
-from spikecompress.compress.contract import check_method
+from spikecompress.compress.contract import check_method, method_spec
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.lats import LATS, lowfreq_fraction, sinp_fraction
 from spikecompress.compress.prune.soft_threshold import find_all
 from spikecompress.compress.prune.stds import STDS, stds_threshold
 from spikecompress.data import DataConfig, load_data
+from spikecompress.measurement.sparsity import weight_sparsity
 from spikecompress.models import build
 from spikecompress.snn import reset_state
 from spikecompress.train.loop import cosine_lr
@@ -179,8 +182,9 @@ def _steps(model, session, opt, first, last):
 
 
 @pytest.mark.parametrize("make", [lambda: STDS(D=0.1), lambda: LATS(D=0.1),
-                                  lambda: LATS(D=0.1, beta=5.0, start=0.25)],
-                         ids=["stds", "lats", "pgh_start"])
+                                  lambda: LATS(D=0.1, beta=5.0, start=0.25),
+                                  lambda: STDS(sparsity=0.6), lambda: LATS(sparsity=0.6)],
+                         ids=["stds", "lats", "pgh_start", "stds_target", "lats_target"])
 def test_killed_and_resumed_training_equals_uninterrupted(make):
     model, session, opt = _fresh(make())
     _steps(model, session, opt, 0, 12)
@@ -196,7 +200,7 @@ def test_killed_and_resumed_training_equals_uninterrupted(make):
     _steps(resumed, r_session, r_opt, 5, 12)
     final = model.state_dict()
     assert any(k.endswith(".d") for k in final)  # the thresholds are checkpointed with θ
-    assert float(find_all(model)[0].d) == pytest.approx(0.1)
+    assert float(find_all(model)[0].d) == pytest.approx(session.methods[0].D_)  # D, or D_N
     for key, value in resumed.state_dict().items():
         assert torch.equal(value, final[key]), key
     assert torch.equal(r_session.finalize()(torch.ones(2, 1, 1, 8, 8)),
@@ -207,3 +211,112 @@ def test_killed_and_resumed_training_equals_uninterrupted(make):
 def test_contract(model_name, data):
     torch.manual_seed(0)
     check_method(LATS, build(classes=10, **TINY[model_name]), data)
+
+
+# -- sparsity targets (STDS and LATS): D calibrated while training --------------------------------
+def _trained_conv(data, steps=30):
+    """The tiny conv net trained ``steps`` steps on digits (seeded: the same model each time)."""
+    torch.manual_seed(0)
+    model = build(classes=10, **TINY["conv_net"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _, (x, y) in zip(range(steps), (b for _ in range(steps) for b in data.train),
+                         strict=False):
+        loss = F.cross_entropy(model(x).mean(0), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        reset_state(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    return _trained_conv(data)
+
+
+def _finetune(model, method, data, steps, total=None, lr=1e-2):
+    """Adam on ``data`` for ``steps`` of a stage of ``total`` steps; returns the session and
+    (sparsity, d) after every step."""
+    session = attach(model, [method])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    session.bind(opt, total_steps=total or steps, steps_per_epoch=len(data.train))
+    trace = []
+    batches = (b for _ in range(steps) for b in data.train)
+    for step, (x, y) in zip(range(steps), batches, strict=False):
+        loss = F.cross_entropy(model(x).mean(0), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        session.after_step(progress=(step + 1) / (total or steps))
+        reset_state(model)
+        trace.append((method.current_sparsity(), float(find_all(model)[0].d)))
+    return session, trace
+
+
+def _n_selected(model):
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+SOFT = {"stds": STDS, "lats": LATS}
+
+
+@pytest.mark.parametrize("target", [0.5, 0.85])
+@pytest.mark.parametrize("name", list(SOFT))
+def test_sparsity_target_is_reached_while_training_and_held_to_the_end(name, target, trained,
+                                                                       data):
+    """Calibration happens in training: the sparsity ramps up (not a one-shot prune), sits on
+    the target from ``until`` (half the stage) on, and finalize's last adjustment is empty.
+    Exact by construction: d is the k-th smallest |θ|, so k = round(s·n) weights are silent
+    (more only on ties); the bound is ±1 pp."""
+    model = copy.deepcopy(trained)
+    method = SOFT[name](sparsity=target)
+    n, steps = _n_selected(model), 12
+    session, trace = _finetune(model, method, data, steps)
+    sparsities, ds = zip(*trace, strict=True)
+    assert 0 < sparsities[0] < target - 0.1  # the first step prunes a little, not everything
+    assert ds[1] < ds[steps // 2 - 1]  # d follows the ramp up
+    for s in sparsities[steps // 2 - 1:]:  # on target from until = 0.5 on, every step
+        assert abs(s - target) <= 0.01
+    final = session.finalize()
+    zeros = round(weight_sparsity(final) * n)
+    assert round(target * n) <= zeros <= round(target * n) + n // 100
+    assert abs(method.topup_) < 0.01  # the top-up at finalize: nothing left to do
+
+
+@pytest.mark.parametrize("name", list(SOFT))
+def test_a_stage_stopped_early_still_ends_on_the_target(name, trained, data):
+    """Finalize's exact adjustment: 3 of 12 steps leave the ramp low; finalize lands on s."""
+    model = copy.deepcopy(trained)
+    method = SOFT[name](sparsity=0.7)
+    session, trace = _finetune(model, method, data, 3, total=12)
+    assert trace[-1][0] < 0.6
+    final = session.finalize()
+    assert abs(weight_sparsity(final) - 0.7) <= 0.01
+    assert method.topup_ > 0.1
+
+
+@pytest.mark.parametrize("name", list(SOFT))
+def test_paper_knob_D_is_not_calibrated(name, trained, data):
+    """D keeps the paper's behaviour: d ends at D exactly, the sparsity is whatever D gives."""
+    model = copy.deepcopy(trained)
+    method = SOFT[name](D=0.05)
+    assert method.sparsity is None and method.until == 1.0
+    session, trace = _finetune(model, method, data, 6)
+    assert trace[-1][1] == pytest.approx(0.05, abs=1e-9) and method.D_ == 0.05
+    session.finalize()
+    assert method.topup_ == 0
+
+
+@pytest.mark.parametrize("name", list(SOFT))
+def test_knobs_sparsity_and_D_exclude_each_other_and_round_trip(name):
+    cls = SOFT[name]
+    with pytest.raises(ValueError, match="set sparsity or D, not both"):
+        cls(sparsity=0.5, D=0.1)
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        cls(sparsity=1.0)
+    with pytest.raises(ValueError, match="until must be in"):
+        cls(until=0.0)
+    assert cls().sparsity == 0.7 and cls().until == 0.5 and cls().D is None
+    for method in (cls(), cls(sparsity=0.9, until=0.8), cls(D=0.3)):
+        spec = yaml.safe_load(yaml.safe_dump(method_spec(method)))
+        assert cls(**{k: v for k, v in spec.items() if k != "name"}) == method

@@ -1,5 +1,6 @@
-"""SCA (spec pruning.md §3.3, §12.1): activity score, keep α + regrow β by |∂L/∂γ| every epoch,
-our corrections (after-BN gates, dense regrowth, gradual schedule, floor), physical removal."""
+"""SCA (Li et al., ICML 2024, and its released code): activity score, keep α + regrow β by |∂L/∂γ|
+every epoch, our corrections (after-BN gates, dense regrowth, gradual schedule, floor), physical
+removal, and the channel_sparsity target α is calibrated to."""
 
 import copy
 import functools
@@ -98,7 +99,7 @@ def _ranked(values, names):
 
 
 def _one_shot_lowest_firing(model, x_seq, names, keep):
-    """The superficial version (spec §3.3 (4)): prune the lowest-firing channels once, globally."""
+    """The superficial version: prune the lowest-firing channels once, globally."""
     modules, rates = dict(model.named_modules()), {}
     hooks = [modules[n].register_forward_hook(
         lambda m, i, o, n=n: rates.__setitem__(n, o.detach().mean((0, 1, 3, 4)))) for n in names]
@@ -387,13 +388,33 @@ def test_invalid_hyper_parameters_raise_one_line_errors_naming_the_field():
         (dict(corrections={"after_bn": 1}), "corrections.after_bn"),
         (dict(corrections={"until": 0.0}), "corrections.until"),
         (dict(corrections={"floor": 2.0}), "corrections.floor"),
-        (dict(corrections={"dense_regrow": True}), "corrections.dense_regrow"),
+        (dict(alpha=0.8, corrections={"dense_regrow": True}), "corrections.dense_regrow"),
+        (dict(channel_sparsity=0.3, alpha=0.8), "channel_sparsity and alpha"),
+        (dict(channel_sparsity=0.95), "beta"), (dict(channel_sparsity=1.0), "channel_sparsity"),
     ]:
         with pytest.raises(ValueError, match=f"^{name}") as e:
             SCA(**kwargs)
         assert "\n" not in str(e.value)
-    assert SCA(corrections={"gradual": True}).corrections == {
-        "after_bn": False, "dense_regrow": False, "gradual": True, "until": 0.5, "floor": 0.0}
+    assert SCA(corrections={"gradual": True}).corrections == {  # the target mode gates after BN
+        "after_bn": True, "dense_regrow": False, "gradual": True, "until": 0.5, "floor": 0.0}
+    assert SCA(alpha=0.8).corrections["after_bn"] is False  # the paper's knob: the code's masking
     session = attach(_conv(), [SCA()])
     with pytest.raises(RuntimeError, match="steps_per_epoch"):
         session.after_step(progress=0.5)
+
+
+# -- (7) the target: channel_sparsity calibrates α -----------------------------------------------
+@pytest.mark.parametrize("target, floor", [(0.25, 0.0), (0.5, 0.0), (0.75, 0.4)])
+def test_channel_sparsity_sets_the_kept_count_at_every_update(target, floor):
+    model = _conv((8, 16))  # N = 24: keep K = N − round(N·s), ⌊N·β⌋ = 2 of them by regrowth
+    method = SCA(channel_sparsity=target, beta=0.1, corrections={"floor": floor})
+    assert method.alpha is None and method.corrections["after_bn"]  # the driver's gates
+    session, opt = _start(model, method, 6, 2)
+    events = []
+    _train(model, session, opt, 6, 6, events=events)
+    kept = 24 - round(24 * target)
+    if floor:  # ⌈0.4·8⌉ + ⌈0.4·16⌉ = 4 + 7 = 11 > K − 2 = 4 by score: the floors keep 11 and
+        kept = 11  # nothing is left to regrow (K = 6 cannot be reached)
+    assert [sum(int(m.sum()) for m in e.values()) for _, e in events] == [kept] * 3
+    gated = sum(int(channel_mask(model, g).sum()) for g in method.groups_)
+    assert gated == kept

@@ -1,4 +1,5 @@
-"""SD-SNN (spec pruning.md §3.4): spine ranges, constraint, adaptive pruning, regeneration."""
+"""SD-SNN (Han et al., arXiv 2211.12219, and its released code): spine ranges, constraint,
+adaptive pruning, regeneration; the channel_sparsity target mode."""
 
 import copy
 import functools
@@ -246,7 +247,7 @@ def test_pruned_neurons_are_exactly_silent_after_bn_in_train_and_eval():
 
 # -- (7) finalize: physical removal, exact, the artifact rebuilds --------------------------------
 def test_finalize_removes_dead_channels_physically_and_exactly():
-    model, method, session, opt = _fresh(count_thre=1, every=1,
+    model, method, session, opt = _fresh(count_thre=1, update_every=1,
                                          schedule={"conv_rate": 30.0, "fc_rate": 30.0})
     _train(model, session, opt, 6)
     dead = {k: int(v.sum()) for k, v in method.dead_channels().items()}
@@ -268,7 +269,7 @@ def test_finalize_removes_dead_channels_physically_and_exactly():
 def test_a_residual_group_is_removed_only_where_every_producer_is_dead():
     torch.manual_seed(0)
     model = build(classes=10, **TINY["sew_resnet"])
-    method = SDSNN()
+    method = SDSNN(count_thre=18)  # the paper mode: finalize removes the dead channels only
     attach(model, [method])
     stem, conv2 = model.features.stem.conv, model.features.stage0[0].conv2
     spines_of(stem).mask[[1, 2]] = 0  # channel 1 dead in both producers, 2 only in the stem
@@ -286,7 +287,7 @@ def test_a_residual_group_is_removed_only_where_every_producer_is_dead():
 
 # -- exact resume, epoch detection, configuration, (6) contract ----------------------------------
 def test_killed_and_resumed_training_equals_uninterrupted():
-    kw = dict(count_thre=1, every=1, schedule={"conv_rate": 30.0, "fc_rate": 30.0})
+    kw = dict(count_thre=1, update_every=1, schedule={"conv_rate": 30.0, "fc_rate": 30.0})
     model, method, session, opt = _fresh(**kw)
     _train(model, session, opt, 9)
     ref = copy.deepcopy(model.state_dict())
@@ -305,7 +306,7 @@ def test_killed_and_resumed_training_equals_uninterrupted():
 
 def test_checks_run_at_epoch_ends_and_need_steps_per_epoch():
     model = _net()
-    method = SDSNN()
+    method = SDSNN(count_thre=18)
     session = attach(model, [method])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     with pytest.raises(RuntimeError, match="steps_per_epoch"):
@@ -319,10 +320,14 @@ def test_checks_run_at_epoch_ends_and_need_steps_per_epoch():
 
 
 def test_invalid_hyper_parameters_raise_one_line_errors_naming_the_field():
-    for kwargs, name in [(dict(count_thre=0), "count_thre"), (dict(every=-1), "every"),
-                         (dict(ranges="conv"), "ranges"), (dict(schedule={"rate": 1}), "schedule"),
-                         (dict(schedule={"shrink": 0}), "schedule.shrink"),
-                         (dict(schedule={"conv_q": 120}), "schedule.conv_q")]:
+    for kwargs, name in [
+        (dict(count_thre=0), "count_thre"), (dict(update_every=-1), "update_every"),
+        (dict(ranges="conv"), "ranges"), (dict(schedule={"rate": 1}), "schedule"),
+        (dict(schedule={"shrink": 0}), "schedule.shrink"),
+        (dict(channel_sparsity=0.3, count_thre=5), "channel_sparsity and count_thre"),
+        (dict(channel_sparsity=0.3, schedule={}), "channel_sparsity and schedule"),
+        (dict(channel_sparsity=1.0), "channel_sparsity"), (dict(scope="net"), "scope"),
+        (dict(schedule={"conv_q": 120}), "schedule.conv_q")]:
         with pytest.raises(ValueError, match=f"^{name}") as e:
             SDSNN(**kwargs)
         assert "\n" not in str(e.value)
@@ -337,5 +342,36 @@ def test_contract(model_name, data):
     torch.manual_seed(0)
     check_method(SDSNN, build(classes=10, **TINY[model_name]), data)
     torch.manual_seed(0)  # a check every step: init, range update, constraint
-    check_method(functools.partial(SDSNN, count_thre=1, every=1),
+    check_method(functools.partial(SDSNN, count_thre=1, update_every=1),
                  build(classes=10, **TINY[model_name]), data)
+
+
+# -- the target mode: the driver kills the lowest spine scores, finalize removes exactly them -----
+def test_target_mode_kills_the_lowest_spine_scores_along_the_ramp_and_removes_them():
+    model = _net()
+    method = SDSNN(channel_sparsity=0.5, update_every=100, until=1.0)  # no check: ranges stay
+    session = attach(model, [method])
+    assert method.count_thre is None and method.schedule is None
+    s = spines_of(method.targets_[1])  # features.1.conv: 8 rows; ranges set at attach
+    assert (s.r_pos > 0).all()
+    wide = torch.tensor([5.0, 1.0, 4.0, 2.0, 8.0, 3.0, 7.0, 6.0]).view(8, 1, 1, 1)
+    s.r_pos.copy_(wide.expand_as(s.r_pos))  # row scores ∝ (r+ + 1 − min) / span: order of wide
+    s.r_neg.fill_(-1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    session.bind(opt, steps_per_epoch=100)
+    session.ctx.step = 1
+    # ramp 0.5·(1 − 0.7³) = 0.33 of 4 + 8 + 8: round(6.6) = 7, shares 1.3 2.6 2.6 → 1 3 3
+    session.after_step(progress=0.3)
+    dead = method.dead_channels()["features.1.conv"]
+    assert dead.nonzero().flatten().tolist() == [1, 3, 5]  # the three lowest
+    session.after_step(progress=1.0)  # 0.5: 2 4 4
+    dead = method.dead_channels()["features.1.conv"]
+    assert dead.nonzero().flatten().tolist() == [1, 2, 3, 5]  # they stay dead, one more
+    x_seq = _batch(3)[0]
+    model.eval()
+    ref = model(x_seq)
+    reset_state(model)
+    small = session.finalize().eval()
+    assert small.spec["widths"] == [2, 4] and small.spec["hidden"] == [4]
+    assert torch.allclose(small(x_seq), ref, atol=1e-5)  # float sums regrouped: a few ulps
+    assert method.removed_["channels"] == pytest.approx(10 / 20)

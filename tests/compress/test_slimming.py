@@ -1,4 +1,4 @@
-"""SNN network slimming (specs/pruning.md §3.1): L1 on BN γ, global |γ| threshold, removal."""
+"""SNN network slimming (Liu et al. 2017 transplanted): L1 on BN γ, |γ| threshold, removal."""
 
 import copy
 import re
@@ -110,7 +110,7 @@ def _slim(model, **fields):
 def test_pruned_output_equals_dense_with_removed_consumer_inputs_zeroed(arch):
     model = _model(arch)
     dense, untouched = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
-    pruned, method = _slim(model, prune=0.5, floor=0.1)
+    pruned, method = _slim(model, channel_sparsity=0.5, floor=0.1)
     drop = {n: (m == 0).nonzero().flatten().tolist() for n, m in method.masks_.items()}
     assert sum(map(len, drop.values())) > 0
     modules = dict(dense.named_modules())
@@ -125,7 +125,7 @@ def test_pruned_output_equals_dense_with_removed_consumer_inputs_zeroed(arch):
 def test_residual_coupled_channels_shrink_together_and_the_model_still_runs():
     model = _model("sew_resnet", widths=[8, 16], blocks=[2, 1])
     before = sum(p.numel() for p in model.parameters())
-    pruned, method = _slim(model, prune=0.5)
+    pruned, method = _slim(model, channel_sparsity=0.5)
     f = pruned.features
     stem = int(method.masks_["features.stem.conv"].sum())
     assert 0 < stem < 8
@@ -137,6 +137,7 @@ def test_residual_coupled_channels_shrink_together_and_the_model_still_runs():
     assert pruned.spec["widths"] == [stem, out]
     x = _spikes(pruned)
     assert pruned(x).shape == (4, 3, 10)
+    reset_state(pruned)  # the membranes persist across calls
     rebuilt = from_spec(pruned.spec)
     rebuilt.load_state_dict(pruned.state_dict())
     assert torch.equal(rebuilt.eval()(x), pruned(x))
@@ -158,7 +159,7 @@ def test_the_floor_keeps_every_group_at_least_its_floor():
     _set_gammas(model, {"features.0.bn": [1e-3 * (i + 1) for i in range(8)],
                         "features.1.bn": [1.0 + i for i in range(16)],
                         "classifier.bn0": [2e-3 * (i + 1) for i in range(12)]})
-    pruned, method = _slim(copy.deepcopy(model), prune=0.75, floor=0.3)
+    pruned, method = _slim(copy.deepcopy(model), channel_sparsity=0.75, floor=0.3, scope="global")
     kept = {n: int(m.sum()) for n, m in method.masks_.items()}
     floors = {"features.0.conv": floor_count(8, 0.3), "features.1.conv": floor_count(16, 0.3),
               "classifier.fc0": floor_count(12, 0.3)}
@@ -167,9 +168,10 @@ def test_the_floor_keeps_every_group_at_least_its_floor():
     assert kept == floors
     assert method.masks_["features.0.conv"].tolist() == [0] * 5 + [1] * 3
     assert pruned.spec["widths"] == [3, 5] and pruned.spec["hidden"] == [4]
-    _, loose = _slim(copy.deepcopy(model), prune=0.75, floor=0.0)  # no floor: the big-γ group
+    _, loose = _slim(copy.deepcopy(model), channel_sparsity=0.75, floor=0.0, scope="global")
     assert {n: int(m.sum()) for n, m in loose.masks_.items()} == {
-        "features.0.conv": 1, "features.1.conv": 7, "classifier.fc0": 1}  # ... and 1 each
+        "features.0.conv": 1, "features.1.conv": 7, "classifier.fc0": 1}  # no floor: the big-γ
+    # group keeps the budget and the others 1 each
 
 
 def test_the_global_threshold_removes_exactly_the_lowest_mean_abs_gamma_channels():
@@ -190,7 +192,7 @@ def test_the_global_threshold_removes_exactly_the_lowest_mean_abs_gamma_channels
     k = int(len(flat) * 0.4)
     threshold = flat.sort(descending=True).values[k - 1]
     gammas = {n: m.weight.detach().clone() for n, m in bns.items()}
-    pruned, method = _slim(model, prune=0.6, floor=0.0)
+    pruned, method = _slim(model, channel_sparsity=0.6, floor=0.0, scope="global")
     for grp in groups:
         want = (scores[grp.name] >= threshold).float()
         assert torch.equal(method.masks_[grp.name], want), grp.name
@@ -203,15 +205,16 @@ def test_the_global_threshold_removes_exactly_the_lowest_mean_abs_gamma_channels
 
 def test_include_limits_the_pruned_groups():
     model = _model("conv_net")
-    pruned, method = _slim(model, prune=0.5, include=["features\\..*"])
+    pruned, method = _slim(model, channel_sparsity=0.5, include=["features\\..*"])
     assert list(method.masks_) == ["features.0.conv", "features.1.conv"]
     assert pruned.spec["hidden"] == [6] and pruned.spec["widths"] == [3, 4]
 
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"penalty": -1.0}, "penalty"), ({"prune": 1.0}, "prune"), ({"floor": 1.5}, "floor"),
-     ({"include": ["("]}, "include"), ({"exclude": "x"}, "exclude")],
+    [({"penalty": -1.0}, "penalty"), ({"channel_sparsity": 1.0}, "channel_sparsity"),
+     ({"scope": "net"}, "scope"), ({"begin": 0.8, "until": 0.5}, "begin"),
+     ({"floor": 1.5}, "floor"), ({"include": ["("]}, "include"), ({"exclude": "x"}, "exclude")],
 )
 def test_invalid_fields_name_themselves(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -7,18 +7,21 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
-from spikecompress.compress import attach, is_plain
+from spikecompress.compress import attach, is_plain, select
 from spikecompress.compress.contract import TINY_MODELS as TINY
-from spikecompress.compress.contract import check_method
-from spikecompress.compress.prune.sops_aware import GATE, SOPsAwarePruning, beta_at
+from spikecompress.compress.contract import _train_steps, check_method, method_spec
+from spikecompress.compress.prune.sops_aware import GAIN, GATE, SOPsAwarePruning, beta_at
 from spikecompress.compress.prune.sops_geometry import probe_geometry
 from spikecompress.data import DataConfig, load_data
 from spikecompress.measurement import count
+from spikecompress.measurement.sparsity import weight_sparsity
 from spikecompress.models import build
 from spikecompress.snn import reset_state
 
 ALL_NEURONS = dict(neuron_include=[".*"], neuron_exclude=[])
+PAPER = dict(penalty=5e-6)  # the paper's fixed λ (the default before targets): neuron masks on
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def test_penalty_constants_from_geometry():
     assert w["features.1.conv"] == 256  # after the 2×2 max-pool: 16×16
     assert w["classifier.fc"] == 1 and n["features.1.act"] == 10  # linear: 1; fan-out out_features
     assert _named(model, geo.neuron_shape)["features.0.act"] == (4, 32, 32)
-    method = SOPsAwarePruning(**ALL_NEURONS)
+    method = SOPsAwarePruning(**PAPER, **ALL_NEURONS)
     attach(model, [method])
     assert [g.cost for g in method.weights_] == [1024, 256, 1]
     assert [g.cost for _, g in method.neurons_] == [2304, 10]
@@ -133,7 +136,7 @@ def test_penalty_is_not_a_plain_l1_on_masks():
 # -- 3: the neuron mask gates spikes after the neuron, at every step, for every sample -----------
 def test_neuron_mask_gates_spikes_not_membrane():
     model = _model()
-    method = SOPsAwarePruning(**ALL_NEURONS)
+    method = SOPsAwarePruning(**PAPER, **ALL_NEURONS)
     _session(model, method, total=10)
     neuron = model.features[0].act
     neuron.record_v = True
@@ -171,7 +174,7 @@ def test_neuron_mask_gates_spikes_not_membrane():
 # -- 4: at β_T soft and hard masks give the same prediction ---------------------------------------
 def test_soft_and_hard_masks_agree_at_final_beta():
     model = _model()
-    method = SOPsAwarePruning(**ALL_NEURONS)
+    method = SOPsAwarePruning(**PAPER, **ALL_NEURONS)
     _session(model, method, total=10)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # logits as a search leaves them: away from 0, 80 % positive
@@ -210,7 +213,7 @@ def test_beta_schedule_is_exponential_over_the_search_steps():
 
 def test_search_then_fine_tune_phases_through_the_session():
     model = _model()
-    method = SOPsAwarePruning(search=0.5)
+    method = SOPsAwarePruning(search=0.5, **PAPER)
     session, opt = _session(model, method, total=8)
     gate = method.weights_[0]
     assert float(gate.beta) == 5.0 and not bool(gate.hard)
@@ -229,7 +232,7 @@ def test_search_then_fine_tune_phases_through_the_session():
 def test_logits_start_at_zero_halving_weights_and_have_their_own_lr():
     model = _model()
     w0 = model.features[0].conv.weight.detach().clone()
-    method = SOPsAwarePruning(mask_lr_scale=3.0, **ALL_NEURONS)
+    method = SOPsAwarePruning(mask_lr_scale=3.0, **PAPER, **ALL_NEURONS)
     session = attach(model, [method])
     assert torch.equal(model.features[0].conv.weight, 0.5 * w0)  # σ(β · 0) = 1/2, uncompensated
     (group,) = session.param_groups()
@@ -253,20 +256,28 @@ def test_fields_are_validated():
 
 
 # -- exact resume ---------------------------------------------------------------------------------
-def test_killed_and_resumed_training_equals_uninterrupted():
+@pytest.mark.parametrize("knobs", [dict(penalty=1e-3), dict(sparsity=0.7, neuron_sparsity=0.3)],
+                         ids=["penalty", "targets"])
+def test_killed_and_resumed_training_equals_uninterrupted(knobs):
     total, kill = 8, 3  # search = 4 steps: the resumed part crosses into fine-tuning
-    model = _model()
-    session, opt = _session(model, SOPsAwarePruning(search=0.5, penalty=1e-3, **ALL_NEURONS), total)
+
+    def fresh():
+        model = _model()
+        method = SOPsAwarePruning(search=0.5, **knobs, **ALL_NEURONS)
+        return (model, *_session(model, method, total))
+
+    model, session, opt = fresh()
     _train(model, session, opt, total, total)
 
-    first = _model()
-    s1, o1 = _session(first, SOPsAwarePruning(search=0.5, penalty=1e-3, **ALL_NEURONS), total)
+    first, s1, o1 = fresh()
     _train(first, s1, o1, kill, total)
     saved = (copy.deepcopy(first.state_dict()), s1.state_dict(), copy.deepcopy(o1.state_dict()))
     step, progress = s1.ctx.step, s1.ctx.progress
+    if "sparsity" in knobs:  # the controllers' λ travel in the checkpoint's scalars
+        assert saved[1][1]["0.lam_"] == s1.methods[0].lam_ is not None
+        assert saved[1][1]["0.lam_neurons_"] is not None
 
-    resumed = _model()
-    s2, o2 = _session(resumed, SOPsAwarePruning(search=0.5, penalty=1e-3, **ALL_NEURONS), total)
+    resumed, s2, o2 = fresh()
     resumed.load_state_dict(saved[0])
     s2.load_state_dict(*saved[1])
     o2.load_state_dict(saved[2])
@@ -275,6 +286,7 @@ def test_killed_and_resumed_training_equals_uninterrupted():
     for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items(),
                                  strict=True):
         assert torch.equal(a, b), name
+    assert session.methods[0].lam_ == s2.methods[0].lam_
 
 
 # -- finalize -------------------------------------------------------------------------------------
@@ -306,7 +318,7 @@ def test_finalize_leaves_a_plain_model_equal_to_the_hard_mask_forward():
 # -- neuron masks on linear consumers (MLP) and the default selection -----------------------------
 def test_neuron_masks_on_mlp_with_linear_consumers():
     model = _model("mlp", widths=[16, 12])
-    method = SOPsAwarePruning()  # default: features.* but the first layer's neurons
+    method = SOPsAwarePruning(**PAPER)  # default: features.* but the first layer's neurons
     attach(model, [method])
     names = {m: n for n, m in model.named_modules()}
     assert [(names[n], g.cost) for n, g in method.neurons_] == [("features.1.act", 10.0)]
@@ -323,8 +335,9 @@ def test_neuron_masks_on_mlp_with_linear_consumers():
 # -- contract and end to end ----------------------------------------------------------------------
 @dataclasses.dataclass
 class _AllNeurons(SOPsAwarePruning):
-    """The method with a neuron mask on every neuron layer (the MLP's default selects none)."""
+    """The method with a neuron target and a neuron mask on every neuron layer."""
 
+    neuron_sparsity: float | None = 0.5
     neuron_include: list[str] = dataclasses.field(default_factory=lambda: [".*"])
     neuron_exclude: list[str] = dataclasses.field(default_factory=list)
 
@@ -334,8 +347,12 @@ class _AllNeurons(SOPsAwarePruning):
 def test_contract(model_name, cls, data):
     model = check_method(cls, _model(model_name, v_th=1.0), data)
     masks = [m.spike_mask for m in model.modules() if getattr(m, "spike_mask", None) is not None]
-    expected = {"mlp": 0, "conv_net": 1, "sew_resnet": 5}[model_name]  # default selection
-    assert len(masks) == (expected if cls is SOPsAwarePruning else expected + 1)
+    # the default (a weight target alone) has no neuron masks; every neuron feeding a layer has
+    expected = {"mlp": 1, "conv_net": 2, "sew_resnet": 6}[model_name]
+    assert len(masks) == (0 if cls is SOPsAwarePruning else expected)
+    if cls is _AllNeurons:  # the neuron target is met exactly (round((1 − 0.5)·n) kept)
+        n = sum(m.numel() for m in masks)
+        assert int(sum(m.sum() for m in masks)) == round(0.5 * n)
 
 
 def test_sops_fall_end_to_end(data):
@@ -356,3 +373,89 @@ def test_sops_fall_end_to_end(data):
         reset_state(model)
     plain = session.finalize().eval()
     assert count(plain, x_seq).sops < 0.5 * dense_sops
+
+
+# -- knobs that name their target: sparsity (λ calibrated and controlled), penalty (the paper) ----
+@pytest.fixture(scope="module")
+def trained(data):
+    """A small conv net trained dense on the digits for a few steps."""
+    torch.manual_seed(0)
+    model = build("conv_net", in_channels=1, input_size=8, classes=10, widths=[8, 16])
+    _train_steps(model, attach(model, []), data, 12, lr=1e-2)
+    return model
+
+
+def _prune(model, method, data, total=12):
+    """``total`` Adam steps of the digits with ``method``; returns per step (λ before the step's
+    controller update, hard-mask weight sparsity it saw) and the finalized model."""
+    session, opt = _session(model, method, total)
+    seen = []
+    batches = (b for _ in range(total) for b in data.train)
+    for step, (x_seq, y) in zip(range(total), batches, strict=False):
+        out = model(x_seq)
+        loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append((method.lam_, 1 - method.kept()["weights"]))
+        session.after_step(progress=(step + 1) / total)
+        reset_state(model)
+    return seen, session.finalize()
+
+
+@pytest.mark.parametrize("target", [0.3, 0.9])
+def test_sparsity_target_is_met_on_a_trained_model(target, trained, data):
+    model = copy.deepcopy(trained)
+    names = [n for n, _ in select(model)]
+    n = sum(m.weight.numel() for _, m in select(model))
+    _, plain = _prune(model, SOPsAwarePruning(sparsity=target), data)
+    zeros = sum(int((m.weight == 0).sum()) for _, m in select(plain))
+    assert zeros == round(target * n)  # the exact adjustment: kept weights are trained, non-zero
+    assert abs(weight_sparsity(plain, names) - target) <= 0.01
+
+
+def test_controller_calibrates_lambda_then_moves_it_toward_the_target(trained, data):
+    """Step 1 runs without penalty and calibrates λ₀; every later search step multiplies λ by
+    exp(GAIN · (target − hard-mask sparsity)); the search's own masks (before the exact
+    adjustment at the switch) then sit near the target: λ does the pruning, not finalize."""
+    target, total = 0.9, 16
+    method = SOPsAwarePruning(sparsity=target)
+    seen, _ = _prune(copy.deepcopy(trained), method, data, total)
+    search = round(0.5 * total)
+    lams = [lam for lam, _ in seen] + [method.lam_]
+    assert lams[0] is None and lams[1] > 0  # calibrated after the first (penalty-free) step
+    moved = 0
+    for t in range(1, search):  # controller steps 2..S: pure Python float arithmetic
+        expect = lams[t] * math.exp(GAIN * (target - seen[t][1]))
+        assert lams[t + 1] == pytest.approx(expect, rel=1e-12)
+        moved += lams[t + 1] != lams[t]
+    assert moved == search - 1 and max(lams[1:]) > 1.2 * min(lams[1:])
+    before_switch = seen[search - 1][1]
+    assert seen[0][1] < 0.6 and abs(before_switch - target) < 0.03  # λ got the masks there
+    assert lams[search + 1:] == [lams[search]] * (total - search)  # frozen while fine-tuning
+
+
+def test_a_target_and_the_paper_knob_together_are_refused_and_the_default_is_a_target():
+    for kwargs, message in [(dict(sparsity=0.5, penalty=1e-6), "set sparsity or penalty"),
+                            (dict(neuron_sparsity=0.5, penalty=1e-6),
+                             "set neuron_sparsity or penalty"),
+                            (dict(sparsity=1.0), "sparsity must"),
+                            (dict(neuron_sparsity=-0.1), "neuron_sparsity must")]:
+        with pytest.raises(ValueError, match=message) as e:
+            SOPsAwarePruning(**kwargs)
+        assert "\n" not in str(e.value)
+    default = SOPsAwarePruning()
+    assert (default.sparsity, default.penalty, default.neuron_sparsity) == (0.8, None, None)
+    assert default.search == 0.5 and SOPsAwarePruning(penalty=1e-6).search == 0.8
+    for method in (default, SOPsAwarePruning(penalty=5e-6)):  # both round-trip through YAML
+        spec = yaml.safe_load(yaml.safe_dump(method_spec(method)))
+        assert SOPsAwarePruning(**{k: v for k, v in spec.items() if k != "name"}) == method
+
+
+def test_paper_mode_keeps_the_fixed_lambda_and_its_own_sparsity(trained, data):
+    method = SOPsAwarePruning(penalty=1e-4)
+    seen, plain = _prune(copy.deepcopy(trained), method, data)
+    assert {lam for lam, _ in seen} == {1e-4}  # never calibrated nor controlled
+    # the finalized zeros are exactly the search's own hard masks: no adjustment
+    assert sum(int((m.weight == 0).sum()) for _, m in select(plain)) == round(
+        seen[-1][1] * sum(m.weight.numel() for _, m in select(plain)))

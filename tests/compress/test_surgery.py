@@ -1,4 +1,4 @@
-"""Channel groups and physical channel removal (specs/pruning.md §1.1, §1.4, §7)."""
+"""Channel groups and physical channel removal: residual coupling, flatten, neurons, exactness."""
 
 import copy
 import tempfile

@@ -1,9 +1,12 @@
-"""``check_method``: the contract every registered compression method passes (the contract suite).
+"""The contract every registered compression method passes (the contract suite).
 
-attach → a few training steps (Adam, the user's own loop) → finalize must give a plain module
-with the same output shape; the artifact round trip must reproduce its outputs bit for bit; every
-Metrics figure must be finite; the method's spec must round-trip through YAML. New methods get the
-suite for free: ``tests/compress/test_contract.py`` runs it for every ``METHODS`` entry.
+``check_method``: attach → a few training steps (Adam, the user's own loop) → finalize must give a
+plain module with the same output shape; the artifact round trip must reproduce its outputs bit
+for bit; every Metrics figure must be finite; the method's spec must round-trip through YAML; a
+method whose knob names its target (``sparsity``, ``channel_sparsity``) must end on it.
+``check_defaults``: with its defaults, a short fine-tune of a trained model keeps the accuracy
+within a few points of dense while really compressing it. New methods get both for free:
+``tests/compress/test_contract.py`` and ``test_defaults.py`` run them for every ``METHODS`` entry.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +23,9 @@ import yaml
 from torch import nn
 
 from spikecompress.compress.parametrize import is_plain
+from spikecompress.compress.prune.groups import channel_groups, select_groups
 from spikecompress.compress.session import attach
+from spikecompress.compress.targets import select
 from spikecompress.export import load, save
 from spikecompress.measurement import measure
 from spikecompress.snn.layers import reset_state
@@ -69,6 +75,7 @@ def check_method(method_cls: type, model: nn.Module, data, steps: int = 3) -> nn
     AssertionError naming the broken clause. Returns the finalized model."""
 
     method = method_cls()
+    target = Target.of(method, model)
     spec = method_spec(method)
     again = yaml.safe_load(yaml.safe_dump(spec))
     rebuilt = method_cls(**{k: v for k, v in again.items() if k != "name"})
@@ -80,6 +87,8 @@ def check_method(method_cls: type, model: nn.Module, data, steps: int = 3) -> nn
     _train_steps(model, session, data, steps)
     model = session.finalize().eval()
     _require(is_plain(model), "finalize must leave no parametrizations or hooks")
+    if target is not None:
+        target.check(model, spec["name"])
     out = model(x_seq)
     reset_state(model)
     same_t = out.shape[0] == shape[0] or method.KIND == "time"  # time methods may shrink T
@@ -106,3 +115,86 @@ def _numbers(d: dict, prefix: str = ""):
             yield from _numbers(v, f"{prefix}{k}.")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             yield f"{prefix}{k}", float(v)
+
+
+@dataclass
+class Target:
+    """A method's named target and how far the finalized model is allowed to miss it.
+
+    ``sparsity``: the zero fraction of the selected conv / linear weights (±1 pp, or one weight
+    on a tiny net); ``channel_sparsity``: the fraction of the selected prunable channels removed
+    (±2 pp, or one channel)."""
+
+    knob: str
+    value: float
+    before: dict[str, int]  # selected layer → weights, or selected channel group → channels
+
+    @staticmethod
+    def of(method: object, model: nn.Module) -> Target | None:
+        """The target of ``method`` on ``model`` (None without a numeric one: a paper knob, or a
+        per-layer mapping, which the method's own tests check)."""
+        include, exclude = getattr(method, "include", ()), getattr(method, "exclude", ())
+        sparsity = getattr(method, "sparsity", None)
+        if isinstance(sparsity, (int, float)):
+            picked = select(model, include, exclude)
+            return Target("sparsity", float(sparsity), {n: m.weight.numel() for n, m in picked})
+        channel_sparsity = getattr(method, "channel_sparsity", None)
+        if isinstance(channel_sparsity, (int, float)):
+            # a channel method says which groups it prunes (SCA: conv groups only)
+            groups = (method.select(model) if callable(getattr(method, "select", None))
+                      else select_groups(channel_groups(model), include, exclude))
+            if not groups:
+                return None
+            return Target("channel_sparsity", float(channel_sparsity),
+                          {g.name: g.size for g in groups})
+        return None
+
+    def reached(self, model: nn.Module) -> float:
+        """The sparsity of the finalized ``model`` by the same count as the target."""
+        total = sum(self.before.values())
+        if self.knob == "sparsity":
+            modules = dict(model.named_modules())
+            zeros = sum(int((modules[n].weight == 0).sum()) for n in self.before)
+            return zeros / total
+        after = {g.name: g.size for g in channel_groups(model)}
+        return 1 - sum(after.get(n, 0) for n in self.before) / total
+
+    def check(self, model: nn.Module, name: str) -> None:
+        tolerance = (0.01 if self.knob == "sparsity" else 0.02)
+        tolerance = max(tolerance, 1 / sum(self.before.values()) + 1e-9)
+        got = self.reached(model)
+        _require(abs(got - self.value) <= tolerance,
+                 f"{name}: {self.knob} {got:.4f} misses its target {self.value} by more than "
+                 f"{tolerance:.4f}")
+
+
+def check_defaults(
+    method_cls: type, model: nn.Module, data, epochs: int = 2, lr: float = 1e-3,
+    max_drop: float = 0.03, compresses: bool = True, stage_data=None,
+) -> dict:
+    """Fine-tune the trained ``model`` for ``epochs`` with ``method_cls()`` (its defaults), and
+    require the finalized model to stay within ``max_drop`` of the dense accuracy and to really
+    compress (``compresses``): at most 80 % of the dense bytes on disk, non-zero parameters, or
+    average time steps. ``stage_data``: the data the method trains and is measured on when it is
+    not ``data`` (a time-step method's stage at a smaller T); dense is measured on ``data``.
+    Returns ``{"dense": ..., "compressed": ...}``, the two ``Metrics`` as dicts."""
+    dense = measure(model, data, latency_repeats=1)
+    data = stage_data or data
+    method = method_cls()
+    target = Target.of(method, model)
+    session = attach(model, [method])
+    steps = len(data.train)
+    _train_steps(model, session, data, epochs * steps, lr=lr, per_epoch=steps)
+    model = session.finalize().eval()
+    got = measure(model, data, latency_repeats=1)
+    name = method_spec(method)["name"]
+    if target is not None:
+        target.check(model, name)
+    _require(got.accuracy >= dense.accuracy - max_drop,
+             f"{name}: accuracy {got.accuracy:.4f} with defaults, dense {dense.accuracy:.4f}")
+    ratios = {"size_bytes": got.size_bytes / dense.size_bytes,
+              "params_nonzero": got.params_nonzero / dense.params_nonzero,
+              "avg_time_steps": got.avg_time_steps / dense.avg_time_steps}
+    _require(not compresses or min(ratios.values()) <= 0.8,
+             f"{name}: does not compress with defaults: {ratios}")
+    return {"dense": dense.to_dict(), "compressed": got.to_dict()}

@@ -1,9 +1,10 @@
 """Energy from operation counts: named 45 nm profiles, compute-only (L0) and memory-aware (L1).
 
 Implements the survey's energy model ``E = E_AC · SOPs + E_MAC · MACs`` (L0) and a
-memory-aware L1 level; ``docs/energy.md`` states the counting rules, unit energies and sources. Energies are totals over whatever the ``counts`` cover; divide by
-``counts["samples"]`` for per-sample figures. Raw counts are never modified and should be
-reported next to every energy figure.
+memory-aware L1 level; ``docs/energy.md`` states the counting rules, unit energies and sources.
+Energies are totals over whatever the ``counts`` cover; divide by ``counts["samples"]`` for
+per-sample figures. Raw counts are never modified and should be reported next to every energy
+figure.
 """
 
 from __future__ import annotations

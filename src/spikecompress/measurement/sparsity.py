@@ -1,4 +1,4 @@
-"""Three different sparsities, each with its inclusion policy stated (the survey distinguishes them).
+"""Three different sparsities (the survey distinguishes them), each with its inclusion policy.
 
 * ``weight_sparsity``: zero fraction of the conv and linear **weights** (biases and BatchNorm
   excluded; the first conv and the classifier included, as Grad R and STDS count them).

@@ -1,6 +1,6 @@
 """Early-exit policies installed on a model as ``model.exit_policy`` (SEENN, Li et al.,
-NeurIPS 2023): the model's forward stays the full-T per-step logits; the policy decides, per sample, the
-step t at which the SNN stops and the prediction argmax of Σ_{k≤t} out[k].
+NeurIPS 2023): the model's forward stays the full-T per-step logits; the policy decides, per
+sample, the step t at which the SNN stops and the prediction argmax of Σ_{k≤t} out[k].
 
 Every policy is an ``nn.Module`` called as ``policy(x_seq, out_seq) -> (steps [B] int64 in 1..T,
 preds [B] int64)``; the network is causal, so the logits of a run stopped at t are exactly the

@@ -1,7 +1,7 @@
 """Channel masks during training, applied after BN, and the dense γ-gradient they expose.
 
 Masking a conv output *before* BN does not silence the channel: BN maps an all-zero channel to β
-(and −γμ/σ + β in eval), which keeps firing downstream (specs/pruning.md §1.4). So a channel mask
+(and −γμ/σ + β in eval), which keeps firing downstream (the BN leak). So a channel mask
 gates BN's γ and β together — BN(x)_c = γ_c·m_c·x̂_c + β_c·m_c is exactly 0 for m_c = 0, in
 training and eval alike — and, for a group without BN, the producers' weight rows and biases.
 
@@ -13,6 +13,7 @@ m ⊙ that, zero for every masked channel).
     gate_channels_(model, group, mask)       # install or update; mask [group.size] of {0, 1}
     dense_gamma_grad(model, group)          # [group.size] from the last backward
     ungate_(model)                           # remove the gates, keeping γ⊙m, β⊙m
+    zero_channels_(model, group, mask)       # the other way: zero filters, γ, β in place once
 """
 
 from __future__ import annotations
@@ -98,3 +99,23 @@ def ungate_(model: nn.Module) -> None:
             gates = list(module.parametrizations[name])
             if len(gates) == 1 and isinstance(gates[0], ChannelGate):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+@torch.no_grad()
+def zero_channels_(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) -> None:
+    """Multiply the producer filter rows (and biases), BN γ and β of channels with mask 0 by zero
+    in place (the optimized tensors under any parametrization): the masking of SCA's released
+    code, once per update; an optimizer's momentum can move them again afterwards."""
+    modules = dict(model.named_modules())
+    for n in group.producers + group.bns:
+        for t in ("weight", "bias"):
+            p = raw_tensor(modules[n], t)
+            if p is not None:
+                p.mul_(mask.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1))))  # [C]->[C,1..]
+
+
+def raw_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The optimized tensor behind ``module.name`` (under its parametrizations), or None."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return getattr(module, name, None)

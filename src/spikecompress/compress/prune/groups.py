@@ -1,14 +1,14 @@
 """Channel groups of a spiking network: which channels must be removed together.
 
-Torch-Pruning's dependency graph (DepGraph) finds the groups — residual additions tie the channels
-of every block output in a stage, flatten → Linear maps one channel to its H·W input columns,
-concatenation offsets the consumers' input indices — but it cannot trace a spiking neuron: a neuron
-unrolled over T looks like a DAG whose paths grow with T and whose internal views look like channel
-reshapes (specs/pruning.md §7). So while the graph is built every neuron is swapped for a
-``NeuronStandIn`` (an identity that remembers its channel count and slices the real neuron's
-per-channel threshold, tau, PLIF decay and spike mask when Torch-Pruning prunes it), and our
-time-folded layers run their plain torch forward on one time step [B, ...]. Both are restored on
-exit, whatever happens.
+Torch-Pruning's dependency graph (DepGraph; Fang et al., CVPR 2023) finds the groups — residual
+additions tie the channels of every block output in a stage, flatten → Linear maps one channel to
+its H·W input columns, concatenation offsets the consumers' input indices — but it cannot trace a
+spiking neuron: a neuron unrolled over T looks like a DAG whose paths grow with T and whose
+internal views look like channel reshapes (as we measured with Torch-Pruning 1.6). So while the
+graph is built every neuron is swapped for a ``NeuronStandIn`` (an identity that remembers its
+channel count and slices the real neuron's per-channel threshold, tau, PLIF decay and spike mask
+when Torch-Pruning prunes it), and our time-folded layers run their plain torch forward on one
+time step [B, ...]. Both are restored on exit, whatever happens.
 
     groups = channel_groups(model)        # [ChannelGroup(name="features.0.conv", size=16, ...)]
 

@@ -3,6 +3,9 @@
 Han et al., NeurIPS 2015 (magnitude criterion); Zhu & Gupta, ICLR-W 2018 (gradual cubic schedule).
 Recipe: ``{name: magnitude, sparsity: 0.9, schedule: cubic}``; ``schedule: constant`` prunes once
 at attach (one-shot) and fine-tunes with the mask fixed.
+
+``sparsity`` is the target itself (no calibration): the masks remove exactly round(sparsity · n)
+of the selected weights once the schedule ends, or at finalize when the stage ends first.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from torch import nn
 
 from spikecompress.compress.method import Context
-from spikecompress.compress.prune.masks import set_mask_
+from spikecompress.compress.prune.masks import mask_of, set_mask_, topk_mask
 from spikecompress.compress.schedules import SCHEDULES, schedule_value
 from spikecompress.compress.targets import select
 
@@ -26,7 +29,8 @@ class MagnitudePruning:
     ``scope="global"`` ranks all selected weights together, ``"layer"`` prunes each layer to the
     same sparsity. The sparsity follows ``schedule`` from 0 at ``begin`` to ``sparsity`` at
     ``until`` (fractions of the stage), ranking the current masked weights, so pruned weights
-    stay pruned. Exactly ``round(sparsity · n)`` weights are zero at the end (ties broken by index).
+    stay pruned. Exactly ``round(sparsity · n)`` weights are zero at the end (ties broken by index),
+    also when the stage ends before ``until`` (``finalize`` prunes the rest).
     """
 
     NAME: ClassVar[str] = "magnitude"
@@ -71,14 +75,21 @@ class MagnitudePruning:
         zeros = sum(int((m.weight == 0).sum()) for m in self.targets_)
         return zeros / sum(m.weight.numel() for m in self.targets_)
 
+    def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """Prune to ``sparsity`` now if the stage ended before the schedule reached it (a stage
+        of 0 epochs, a run cut short); the Session then bakes the masks."""
+        if self.schedule != "constant" and ctx.progress < self.until:
+            self._prune(self.sparsity)
+        return model
+
     @torch.no_grad()
     def _prune(self, sparsity: float) -> None:
         groups = [self.targets_] if self.scope == "global" else [[m] for m in self.targets_]
         for group in groups:
-            scores = torch.cat([m.weight.abs().flatten() for m in group])  # masked weights: 0
-            n_prune = round(sparsity * scores.numel())
-            keep = torch.ones_like(scores)
-            if n_prune > 0:
-                keep[torch.topk(scores, n_prune, largest=False, sorted=False).indices] = 0
-            for m, k in zip(group, keep.split([m.weight.numel() for m in group]), strict=True):
-                set_mask_(m, k.view_as(m.weight))
+            # masked weights rank below every kept one, a kept 0 included: pruned stays pruned
+            scores = torch.cat([torch.where(mask_of(m).mask == 0, -1.0, m.weight.abs()).flatten()
+                                for m in group])
+            keep = topk_mask(scores, scores.numel() - round(sparsity * scores.numel()))
+            sizes = [m.weight.numel() for m in group]
+            for m, k in zip(group, keep.split(sizes), strict=True):
+                set_mask_(m, k.view_as(m.weight).to(m.weight.dtype))

@@ -43,3 +43,13 @@ def set_mask_(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> Ma
     parametrize.register_parametrization(module, name, m)
     return m
 
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask (shape of ``scores``) of exactly ``k`` largest entries; ties go to the lower flat
+    index (a stable descending sort), so the choice is deterministic on every device."""
+    flat = scores.flatten()  # [n]
+    order = torch.sort(flat, descending=True, stable=True).indices
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[order[:k]] = True
+    return keep.view_as(scores)

@@ -1,15 +1,15 @@
 """SCA: spiking channel activity-based pruning with gradient regrowth, then physical channel
-removal (Li, Xu, Shen, Xu, Chen, Pan — ICML 2024, arXiv 2406.01072; spec pruning.md §3.3, and
-§12.1, what the authors' released code does, which supersedes §3.3).
+removal (Li, Xu, Shen, Xu, Chen, Pan — ICML 2024, arXiv 2406.01072; what follows is what the
+authors' released code does, our reading of it, and our corrections).
 
-Default = the released code (§12.1):
+The released code, which the paper-knob mode follows:
 
 * score of channel c of a pruned group: the running mean over the training batches since the last
   update of mean over (T, batch, H, W) of s + |u|, s the neuron's output spike and u its membrane
   potential after the reset (``record_v=True`` gives ``v_seq``). Collected by a forward hook on the
   neuron, in training mode only, reset after every update. A residual-coupled group fires through
   several neurons: their scores are averaged. ``score="firing"`` (s) and ``"membrane"`` (|u|) are
-  the two readings of §3.3. Every batch weighs the same in the running mean (our reading).
+  the two other readings of the paper. Every batch weighs the same in the running mean (ours).
 * pruned groups: every ``channel_groups`` group whose producers are all convs (hidden FC layers
   and the read-out are not pruned, as in the code's VGG16); a non-empty ``include`` (regexes,
   ``re.fullmatch`` on group names) replaces that default, ``exclude`` removes groups.
@@ -18,34 +18,45 @@ Default = the released code (§12.1):
   the others the top ⌊N·β⌋ by |∂L/∂γ| of their BN weight (summed over the group's BNs) from the
   last mini-batch come back. The mask is recomputed from scratch each time, so "just dropped" =
   not in this update's top ⌊N·α⌋; a channel pruned earlier is in that set too, but its actual
-  ∂L/∂γ is 0 (its filter, γ and β were zeroed), so it comes back only by momentum revival.
-  Ties go to the earlier group, then the lower channel index (``channel_select.keep_top``).
-* masking: the conv filter rows (and bias) and BN γ, β of pruned channels multiplied by zero in
-  place once per update; gradients are not masked, so optimizer momentum can revive them.
+  ∂L/∂γ is 0, so it comes back only by momentum revival (code masking) or not at all (gates).
+  Ties go to the earlier group, then the lower channel index (``channel_select``).
+* masking (``after_bn: false``): the conv filter rows (and bias) and BN γ, β of pruned channels
+  multiplied by zero in place once per update (``channel_mask.zero_channels_``); gradients are
+  not masked, so optimizer momentum can revive them.
 * ``l1``: the code adds l1·sign(W) to the gradients of its 3×3 convs; here the loss term
   l1·Σ|W| over the pruned groups' producer convs whose kernel is not pointwise (same gradient).
-* finalize: physical removal (``surgery.remove_masked_``) with the last update's mask. The code
-  keeps the mask of the best-test-accuracy epoch; a method sees no test accuracy, so we take the
-  last one (a stage that wants the best can be shortened to that epoch).
+* finalize: physical removal with the last update's mask. The code keeps the mask of the
+  best-test-accuracy epoch; a method sees no test accuracy, so we take the last one.
 
-Ours, not the code's: every group keeps at least one channel (``keep_top``'s floor, which surgery
-needs), so the total kept is max(⌊N·α⌋, Σ floors) + ⌊N·β⌋. Gates (``channel_mask``) are installed
-at attach on every pruned group (all ones in the code mode, where they change nothing) so that
-the state_dict has one layout and ∂L/∂γ is read the same way in every mode.
+The target (``channel_sparsity``, the fraction of the pruned groups' channels removed, the
+library's knob) versus the paper's α (the fraction kept by score): with ``alpha`` set the code's
+counts are used as they are (⌊N·α⌋ + ⌊N·β⌋ kept, plus floors); otherwise α is calibrated to the
+target: K = N − round(N·channel_sparsity) channels are kept, K − ⌊N·β⌋ by score and ⌊N·β⌋ regrown
+(fewer when a floor already keeps more than K − ⌊N·β⌋ by score), so the result is the target
+up to rounding unless the floors keep more. Setting both is an error; setting neither is
+``channel_sparsity`` 0.3. Selection, gating, the count rounding and the removal are the channel
+driver's (``channel_pruning``); the scoring and the keep-α + regrow-β dynamics are SCA's own.
 
-Corrections (``corrections``, one mapping to stay within the field budget; each off by default):
+Ours, not the code's: every group keeps at least one channel (the floor surgery needs). Gates are
+installed at attach on every pruned group (all ones in the code mode, where they change nothing)
+so that the state_dict has one layout and ∂L/∂γ is read the same way in every mode.
 
-* ``after_bn``: masks applied after BN at every step through ``gate_channels_`` (γ⊙m, β⊙m): a
+Corrections (``corrections``, one mapping):
+
+* ``after_bn`` (default: on in the target mode, off with ``alpha``, which is the code as
+  released): masks applied after BN at every step through the driver's gates (γ⊙m, β⊙m): a
   masked channel is exactly 0 downstream in training and eval, and momentum cannot revive it;
-  nothing is zeroed in place.
+  nothing is zeroed in place. With the code's masking the fine-tuning between updates keeps
+  reviving channels that the next update removes again, and the last update's removals get no
+  fine-tuning (a trained digits CNN, 30 % removed over 2 epochs: 0.964 vs 0.978 with gates).
 * ``dense_regrow``: regrowth ranks by the dense γ-gradient ∂L/∂(γ⊙m) that each gate captures
-  (as ``dense_gamma_grad``; non-zero for masked channels), |.| per BN summed over the group's BNs
-  and averaged over every step of the epoch (our choice: the score's window, less noisy than one
-  batch), so long-pruned channels can return.
-  Needs ``after_bn`` (with in-place zeroing a pruned filter is 0, so its x̂ and dense gradient are).
-* ``gradual``: the fraction kept by score goes α_t = α + (1 − α − β)·(1 − p/until)³ for
-  progress p < ``until``, α after (Zhu & Gupta 2017's cubic), so the density falls from 1 to
-  α + β instead of being fixed at the first update. Default ``until`` 0.5 is our choice.
+  (``channel_mask.dense_gamma_grad``; non-zero for masked channels), |.| per BN summed over the
+  group's BNs and averaged over every step of the epoch (our choice: the score's window), so
+  long-pruned channels can return. Needs ``after_bn``.
+* ``gradual``: the pruned fraction follows Zhu & Gupta's cubic (ICLR-W 2018) from 0 to the
+  target at progress ``until`` (in the α mode: α_t = α + (1 − α − β)·(1 − p/until)³), so the
+  density falls from 1 to α + β instead of being fixed at the first update. Default ``until``
+  0.5 is our choice.
 * ``floor``: each group always keeps ⌈floor·C⌉ channels of its best scores (none in the code).
 
 Runtime state (exact kill-and-resume): ``masks_``, the score sums ``sums_`` and batch counts
@@ -65,25 +76,28 @@ import torch
 from torch import nn
 
 from spikecompress.compress.method import Context
-from spikecompress.compress.prune.channel_mask import gate_channels_, gate_of
-from spikecompress.compress.prune.channel_select import keep_top
-from spikecompress.compress.prune.groups import (
-    ChannelGroup,
-    channel_groups,
-    check_patterns,
-    select_groups,
+from spikecompress.compress.prune.channel_mask import gate_of, raw_tensor, zero_channels_
+from spikecompress.compress.prune.channel_pruning import (
+    gate_,
+    ramp,
+    remove_and_record_,
+    resolve_target,
+    select_channel_groups,
 )
-from spikecompress.compress.prune.surgery import remove_masked_
+from spikecompress.compress.prune.channel_select import keep_best, prune_count, top_k_eligible
+from spikecompress.compress.prune.groups import ChannelGroup, channel_groups, check_patterns
 
 SCORES = ("activity", "firing", "membrane")
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+DEFAULT_TARGET = 0.3  # channel_sparsity when neither it nor alpha is given
 
 
 @dataclass
 class Corrections:
-    """Our corrections to the code's behaviour (module docstring); all off = the code."""
+    """Our corrections to the code's behaviour (module docstring); all off = the code.
+    ``after_bn`` None: on in the target mode, off with ``alpha`` (SCA resolves it)."""
 
-    after_bn: bool = False
+    after_bn: bool | None = None
     dense_regrow: bool = False
     gradual: bool = False
     until: float = 0.5
@@ -91,7 +105,8 @@ class Corrections:
 
     def __post_init__(self) -> None:
         for name in ("after_bn", "dense_regrow", "gradual"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), bool) and not (
+                    name == "after_bn" and self.after_bn is None):
                 raise ValueError(f"corrections.{name} must be true or false, "
                                  f"got {getattr(self, name)!r}")
         self.until, self.floor = _number("corrections.until", self.until), _number(
@@ -100,7 +115,7 @@ class Corrections:
             raise ValueError(f"corrections.until must be in (0, 1], got {self.until}")
         if not 0 <= self.floor <= 1:
             raise ValueError(f"corrections.floor must be in [0, 1], got {self.floor}")
-        if self.dense_regrow and not self.after_bn:
+        if self.dense_regrow and self.after_bn is False:
             raise ValueError("corrections.dense_regrow needs corrections.after_bn: with in-place "
                              "zeroing a pruned filter is 0, so its dense γ-gradient is 0 too")
 
@@ -112,14 +127,15 @@ def _number(name: str, value: object) -> float:
 
 
 def score_fraction(progress: float, alpha: float, beta: float, corr: Corrections) -> float:
-    """α_t, the fraction of all channels kept by score at an update at ``progress``."""
+    """α_t, the fraction of all channels kept by score at an update at ``progress`` (α mode)."""
     if not corr.gradual or progress >= corr.until:
         return alpha
     return alpha + (1 - alpha - beta) * (1 - progress / corr.until) ** 3
 
 
 def channel_score(kind: str, s: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-    """[C]: mean over every dim but the channel dim 2 of s + |u|, s or |u| (x [T, B, C, ...])."""
+    """The SCA scorer of one batch, [C]: mean over every dim but the channel dim 2 of s + |u|,
+    s or |u| (s spikes, u membrane after reset, both [T, B, C, ...])."""
     dims = [d for d in range(s.dim()) if d != 2]
     if kind == "firing":
         return s.float().mean(dims)
@@ -127,46 +143,32 @@ def channel_score(kind: str, s: torch.Tensor, u: torch.Tensor | None) -> torch.T
     return membrane if kind == "membrane" else s.float().mean(dims) + membrane
 
 
-def top_k(values: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor], k: int):
-    """{group: bool [C]}: the k eligible channels with the largest values over all groups;
-    ties go to the earlier group, then the lower index."""
-    names = list(values)
-    flat = torch.cat([values[n].double().cpu().flatten() for n in names])  # [N]
-    ok = torch.cat([eligible[n].bool().cpu().flatten() for n in names])  # [N]
-    ranked = torch.sort(torch.where(ok, flat, -math.inf), descending=True, stable=True).indices
-    chosen = torch.zeros(len(flat), dtype=torch.bool)
-    pick = ranked[: min(k, int(ok.sum()))]
-    chosen[pick] = True
-    out, start = {}, 0
-    for n in names:
-        out[n] = chosen[start : start + values[n].numel()]
-        start += values[n].numel()
-    return out
-
-
-def update_masks(scores: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], keep: float,
+def update_masks(scores: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], keep: int,
                  regrow: int, floor: float = 0.0) -> dict[str, torch.Tensor]:
-    """One SCA update: keep the top ``keep`` fraction by score (global, per-group ``floor``),
-    then switch on the ``regrow`` channels outside it with the largest |gradient|."""
-    kept = keep_top(scores, keep, floor)
+    """One SCA update: keep the ``keep`` best channels by score (global, per-group ``floor``),
+    then switch on the ``regrow`` channels outside them with the largest |gradient|."""
+    kept = keep_best(scores, keep, floor)
     dropped = {n: m == 0 for n, m in kept.items()}
-    grown = top_k({n: g.abs() for n, g in grads.items()}, dropped, regrow)
+    grown = top_k_eligible({n: g.abs() for n, g in grads.items()}, dropped, regrow)
     return {n: ((kept[n] > 0) | grown[n]).float() for n in kept}
 
 
 @dataclass
 class SCA:
     """Spiking Channel Activity-based pruning: score, keep α, regrow β by |∂L/∂γ| every epoch,
-    remove the pruned channels at finalize. ``alpha``, ``beta`` fractions of all pruned channels;
-    ``score`` one of SCORES; ``l1`` the code's L1 on conv weights; ``corrections`` our options
-    (after_bn, dense_regrow, gradual, until, floor; missing keys off); ``include`` / ``exclude``
-    regexes on group names. Needs ``session.bind(..., steps_per_epoch=...)``."""
+    remove the pruned channels at finalize. ``channel_sparsity`` the fraction of the pruned
+    groups' channels removed (α calibrated to it) or ``alpha`` the paper's kept-by-score
+    fraction, not both; ``beta`` the regrown fraction; ``score`` one of SCORES; ``l1`` the code's
+    L1 on conv weights; ``corrections`` our options (after_bn, dense_regrow, gradual, until,
+    floor; missing keys take their defaults); ``include`` / ``exclude`` regexes on group names.
+    Needs ``session.bind(..., steps_per_epoch=...)``."""
 
     NAME: ClassVar[str] = "sca"
     PAPER: ClassVar[str] = "Li et al., ICML 2024 (arXiv 2406.01072)"
     KIND: ClassVar[str] = "channels"
 
-    alpha: float = 0.8
+    channel_sparsity: float | None = None
+    alpha: float | None = None
     beta: float = 0.1
     score: str = "activity"
     l1: float = 3e-5
@@ -182,14 +184,21 @@ class SCA:
     grad_steps_: int = field(default=0, init=False, repr=False, compare=False)
     updates_: int = field(default=0, init=False, repr=False, compare=False)
     record_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    removed_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.alpha, self.beta = _number("alpha", self.alpha), _number("beta", self.beta)
-        self.l1 = _number("l1", self.l1)
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
-        if not 0 <= self.beta < 1 or self.alpha + self.beta > 1:
+        self.channel_sparsity = resolve_target(self.channel_sparsity, {"alpha": self.alpha},
+                                               DEFAULT_TARGET)
+        self.beta, self.l1 = _number("beta", self.beta), _number("l1", self.l1)
+        if self.alpha is not None:
+            self.alpha = _number("alpha", self.alpha)
+            if not 0 < self.alpha <= 1:
+                raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.alpha is not None and not 0 <= self.beta <= 1 - self.alpha:
             raise ValueError(f"beta must be in [0, 1 - alpha], got {self.beta}")
+        if self.alpha is None and not 0 <= self.beta < 1 - self.channel_sparsity:
+            raise ValueError(f"beta must be in [0, 1 - channel_sparsity) = "
+                             f"[0, {1 - self.channel_sparsity:g}), got {self.beta}")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {list(SCORES)}, got {self.score!r}")
         if self.l1 < 0:
@@ -200,7 +209,10 @@ class SCA:
         unknown = sorted(set(self.corrections) - set(known))
         if unknown:
             raise ValueError(f"corrections: unknown key(s) {unknown}; known: {known}")
-        self.corrections = dataclasses.asdict(Corrections(**self.corrections))
+        corr = dict(self.corrections)
+        if corr.get("after_bn") is None:  # the driver's gates in the target mode, else the code's
+            corr["after_bn"] = self.alpha is None
+        self.corrections = dataclasses.asdict(Corrections(**corr))
         check_patterns(self.include, self.exclude)
 
     @property
@@ -211,14 +223,13 @@ class SCA:
     def attach(self, model: nn.Module, ctx: Context) -> None:
         """Pick the groups, install all-ones gates, hook the groups' neurons."""
         self.groups_ = self.select(model)
-        modules = dict(model.named_modules())
         for g in self.groups_:
             if not g.bns or not g.neurons:
                 raise ValueError(f"sca: group {g.name!r} needs a BatchNorm and a spiking neuron "
                                  "(score and regrowth read them); exclude it")
-            gate_channels_(model, g, torch.ones(g.size))
-            self.masks_[g.name] = torch.ones(g.size)
-            self.grads_[g.name] = torch.zeros(g.size)
+        gate_(model, self.groups_, {g.name: torch.ones(g.size) for g in self.groups_})
+        self.masks_ = {g.name: torch.ones(g.size) for g in self.groups_}
+        modules = dict(model.named_modules())
         self.hooks_, self.record_ = [], {}
         for n in self.neuron_names():
             neuron = modules[n]
@@ -268,16 +279,34 @@ class SCA:
             modules[n].v_seq = modules[n].h_seq = None
         if not self.groups_:
             return model
-        return remove_masked_(model, {n: m.cpu() for n, m in self.masks_.items()})
+        masks = {n: m.cpu() for n, m in self.masks_.items()}
+        model, self.removed_ = remove_and_record_(model, masks, "sca")
+        return model
 
     # -- the rule ------------------------------------------------------------------------------
     def select(self, model: nn.Module) -> list[ChannelGroup]:
         """The pruned groups (module docstring): conv groups, or those ``include`` names."""
         modules = dict(model.named_modules())
-        groups = channel_groups(model)
-        if not self.include:  # default: the groups whose producers are all convs
-            groups = [g for g in groups if all(isinstance(modules[p], CONVS) for p in g.producers)]
-        return select_groups(groups, self.include, self.exclude, required=False)
+        convs = {g.name for g in channel_groups(model)
+                 if all(isinstance(modules[p], CONVS) for p in g.producers)}
+
+        def usable(g: ChannelGroup) -> str | None:  # default: the all-conv groups
+            return "is not a conv group" if not self.include and g.name not in convs else None
+
+        return select_channel_groups(model, self.include, self.exclude, usable, "sca",
+                                     required=False)
+
+    def counts(self, progress: float) -> tuple[int, int]:
+        """(channels kept by score, channels regrown) at an update at ``progress``."""
+        n_all = sum(g.size for g in self.groups_)
+        regrow = math.floor(n_all * self.beta + 1e-9)
+        if self.alpha is not None:
+            keep = score_fraction(progress, self.alpha, self.beta, self.corr)
+            return math.floor(n_all * keep + 1e-9), regrow
+        corr = self.corr
+        target = ramp(progress, self.channel_sparsity, 0.0, corr.until) if corr.gradual else \
+            self.channel_sparsity
+        return n_all - prune_count(n_all, target) - regrow, regrow
 
     def neuron_names(self) -> list[str]:
         return list(dict.fromkeys(n for g in self.groups_ for n in g.neurons))
@@ -304,7 +333,7 @@ class SCA:
         for g in self.groups_:
             total = torch.zeros(g.size)
             for n in g.bns:
-                grad = modules[n].parametrizations.weight.original.grad
+                grad = raw_tensor(modules[n], "weight").grad
                 if grad is None:
                     raise RuntimeError("sca regrows by the γ-gradient of the last mini-batch: "
                                        "call loss.backward() before session.after_step")
@@ -315,16 +344,17 @@ class SCA:
     def update(self, model: nn.Module, progress: float) -> None:
         """One mask update (end of an epoch): score, keep, regrow, apply, reset the statistics."""
         corr = self.corr
-        n_all = sum(g.size for g in self.groups_)
-        keep = score_fraction(progress, self.alpha, self.beta, corr)
-        masks = update_masks(self.scores(), self.regrow_grads(model), keep,
-                             math.floor(n_all * self.beta + 1e-9), corr.floor)
-        self.masks_ = masks
-        for g in self.groups_:
-            if corr.after_bn:
-                gate_channels_(model, g, masks[g.name])
-            else:
-                _zero_channels_(model, g, masks[g.name])
+        keep, regrow = self.counts(progress)
+        scores = self.scores()
+        if self.alpha is None:  # a floor keeping more by score leaves less to regrow
+            by_score = sum(int(m.sum()) for m in keep_best(scores, keep, corr.floor).values())
+            regrow = max(0, min(regrow, keep + regrow - by_score))
+        self.masks_ = update_masks(scores, self.regrow_grads(model), keep, regrow, corr.floor)
+        if corr.after_bn:
+            gate_(model, self.groups_, self.masks_)
+        else:
+            for g in self.groups_:
+                zero_channels_(model, g, self.masks_[g.name])
         self._reset_scores()
         self.updates_ += 1
 
@@ -358,22 +388,3 @@ class SCA:
                     grad = gate.grad.detach().abs()  # stays on the model's device
                     self.grads_[g.name] = self.grads_[g.name].to(grad.device) + grad
         self.grad_steps_ += 1
-
-
-@torch.no_grad()
-def _zero_channels_(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) -> None:
-    """The code's masking: producer filter rows (and biases), BN γ and β of channels with mask 0
-    multiplied by zero in place (the optimized tensors under any parametrization)."""
-    modules = dict(model.named_modules())
-    for n in group.producers + group.bns:
-        for t in ("weight", "bias"):
-            p = _raw(modules[n], t)
-            if p is not None:
-                p.mul_(mask.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1))))  # [C]->[C,1..]
-
-
-def _raw(module: nn.Module, name: str) -> torch.Tensor | None:
-    """The optimized tensor behind ``module.name`` (under its parametrizations), or None."""
-    if hasattr(module, "parametrizations") and name in module.parametrizations:
-        return module.parametrizations[name].original
-    return getattr(module, name, None)

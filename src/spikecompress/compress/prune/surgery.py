@@ -100,7 +100,7 @@ def consumer_inputs(
 ) -> dict[str, list[int]]:
     """For each conv / Linear that reads removed channels: the input indices carrying them
     (a flatten → Linear channel maps to its H·W columns). Zeroing these input slices of the dense
-    model gives the function the pruned model computes (the exactness test of specs §7)."""
+    model gives the function the pruned model computes (the exactness test of channel removal)."""
     plan = _plan(channel_groups(model, example), remove)
     modules = dict(model.named_modules())
     out: dict[str, set[int]] = {}

@@ -1,6 +1,7 @@
 """Fake quantization of weights with a straight-through estimator (STE), as a parametrization.
 
-Symmetric narrow-range uniform quantizer (per tensor, as in Jacob et al., CVPR 2018), b bits, 2 <= b <= 8::
+Symmetric narrow-range uniform quantizer (per tensor, as in Jacob et al., CVPR 2018), b bits,
+2 <= b <= 8::
 
     q = clamp(round(W / s), −qmax, qmax),  qmax = 2^{b−1} − 1,  Ŵ = s · q,  s = max|W| / qmax
 

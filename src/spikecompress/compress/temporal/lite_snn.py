@@ -1,7 +1,7 @@
 """LitE-SNN: joint search of per-layer prune ratio, weight bits and the network's time steps under a
 Bit-SynOps budget (Liu, Yan, Zhang, Pan, Li — IJCAI 2024, arXiv 2401.14652).
 
-From the abstract (the paper's abstract): a Compressive Convolution block (CompConv) whose search space
+From the paper's abstract: a Compressive Convolution block (CompConv) whose search space
 covers prune ratios and mixed-precision bit widths, sharing weights and pruning masks across
 candidates; a compressive time-step search under a compute constraint; the cost is Bit-SynOps
 (synaptic operations weighted by the weight bit width); derive the argmax and fine-tune. No code
