@@ -26,3 +26,16 @@ def test_the_checker_sees_a_back_edge_and_a_cycle():
     assert g.back_edges(edges) == [("spikecompress.snn.neuron", "spikecompress.measurement.spikes")]
     assert g.cycles(edges) == [["spikecompress.measurement.spikes", "spikecompress.snn.neuron"]]
     assert g.undocumented_lazy(edges) == [("spikecompress.models.mlp", "spikecompress.snn.layers")]
+
+
+def test_no_method_file_imports_a_sibling_method_file():
+    """Shared machinery lives in helper modules (the channel driver, masks, soft thresholds),
+    never in another method's file."""
+    import inspect
+
+    from spikecompress.compress import METHODS
+
+    g = _tool()
+    method_files = {inspect.getmodule(cls).__name__ for cls in METHODS.values()}
+    edges = g.imports(g.all_modules())
+    assert [(a, b) for a, b, _ in edges if a in method_files and b in method_files] == []
