@@ -21,7 +21,7 @@ from spikecompress.models import from_spec
 from spikecompress.run.commands import model_spec_for
 from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 
-# name -> (data config, model name, widths, epochs, lr, goal, anchor from specs/data.md §3)
+# name -> (data config, model name, widths, epochs, lr, goal, the published anchor)
 RUNS = {
     "digits": (dict(name="digits", T=4, batch_size=64), "conv_net", [16, 32, 64], 40, 5e-3, 0.99,
                "99.4-99.7"),

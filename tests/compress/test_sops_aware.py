@@ -1,4 +1,4 @@
-"""SOPs-aware weight + neuron pruning (Shi et al., ICLR 2024): specs/pruning.md §2.6 / §12.5."""
+"""SOPs-aware weight + neuron pruning (Shi et al., ICLR 2024)."""
 
 import copy
 import dataclasses

@@ -1,4 +1,4 @@
-"""Progressive temporal pruning (specs/pruning.md §4.1, §12.2) and its ANN-conversion init."""
+"""Progressive temporal pruning (Chowdhury, Rathi & Roy, ECCV 2022) and its ANN-conversion init."""
 
 import json
 
