@@ -2,6 +2,7 @@
 # never swaps in a multi-GB CUDA build to satisfy the package's own `torch>=2.2` range.
 PY := .venv/bin/python
 THREADS ?= 2
+export THREADS  # the tests pin torch to it (tests/conftest.py)
 
 .venv/ready: pyproject.toml
 	python3 -m venv .venv
