@@ -13,12 +13,16 @@ from typing import BinaryIO
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file in ``path``'s folder; on success it is fsynced and renamed onto ``path``
-    (``os.replace``), on any error or interrupt it is deleted and ``path`` is left untouched."""
+    (``os.replace``), on any error or interrupt it is deleted and ``path`` is left untouched.
+
+    The file gets the mode a plain ``open(path, "wb")`` of a new file would give (``0o666`` less
+    the umask, e.g. 0o644), not ``mkstemp``'s private 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -26,3 +30,18 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask: read from /proc on Linux (no change, thread safe), elsewhere set and
+    restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
