@@ -32,7 +32,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="dataset name (see `spikecompress list`)")
+    p.add_argument(
+        "--data", default="digits", help="dataset name (see `spikecompress list`) or FILE.npz"
+    )
     p.add_argument("--T", type=int, default=4, help="time steps per sample")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--encoding", default="direct", help="direct | poisson | latency")
@@ -46,7 +48,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neuron", default="lif", help="lif | if | plif")
     p.add_argument("--ann", action="store_true", help="train the ANN twin (ReLU, same topology)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr", type=float, default=None,
+        help="learning rate (default: per dataset, 5e-3 for digits and event_digits, 2e-3 for "
+        "mnist1d, else 1e-3)",
+    )
     p.add_argument("--optimizer", default="adam", help="adam | sgd")
     p.add_argument("--loss", default="ce", help="ce (mean logits) | tet")
     p.add_argument("--seed", type=int, default=0)
@@ -81,24 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
 
-    p = sub.add_parser("eval", help="evaluate a run directory's model on its test data")
-    p.add_argument("run", help="run directory written by `train`")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-
-    p = sub.add_parser("measure", help="measure a run or artifact: accuracy, SOPs, energy, bytes")
-    p.add_argument("path", help="run directory (from `train`) or artifact folder")
-    p.add_argument("--data", default=None, help="dataset (default: as recorded)")
-    p.add_argument("--T", type=int, default=None, help="time steps (default: as recorded)")
-    p.add_argument("--profile", default="45nm", help="energy profile, e.g. 45nm-int8")
-    p.add_argument("--out", default=None, help="metrics file (default: <path>/metrics.json)")
-    p.add_argument("--threads", type=int, default=None)
-
-    p = sub.add_parser("report", help="compare measured runs: report.md + report.html with plots")
-    p.add_argument("runs", nargs="+", help="directories holding a metrics.json from `measure`")
-    p.add_argument("--out", default="report", help="output folder")
-
-    sub.add_parser("list", help="list models, datasets, neurons, encodings")
+    _add_folder_parsers(sub)
+    sub.add_parser("list", help="list recipes, methods, models, datasets, neurons, encodings")
 
     p = sub.add_parser(
         "demo", help="dense spiking CNN on digits → pruning + 4-bit QAT → before/after report"
@@ -108,8 +98,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_folder_parsers(sub) -> None:
+    """``eval``, ``measure`` and ``report``: the commands that read the folders runs write."""
+    p = sub.add_parser("eval", help="evaluate a folder's model on its test data")
+    p.add_argument("run", help="run folder (of `run` or `train`), stage folder or artifact folder")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
 
+    p = sub.add_parser("measure", help="measure a folder's model: accuracy, SOPs, energy, bytes")
+    p.add_argument(
+        "path", help="run folder (of `run` or `train`), stage folder or artifact folder"
+    )
+    p.add_argument("--data", default=None, help="dataset or FILE.npz (default: as recorded)")
+    p.add_argument("--T", type=int, default=None, help="time steps (default: as recorded)")
+    p.add_argument("--profile", default="45nm", help="energy profile, e.g. 45nm-int8")
+    p.add_argument(
+        "--out", default=None,
+        help="metrics file, merged with what it holds (default: <path>/metrics.json; "
+        "<path>/measure-<data>-T<T>.json for another --data or --T than recorded)",
+    )
+    p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("report", help="compare measured runs: report.md + report.html with plots")
+    p.add_argument(
+        "runs", nargs="+",
+        help="measured folders: run folders (of `run`, or of `train` after `measure`), stage "
+        "folders or artifact folders",
+    )
+    p.add_argument("--out", default="report", help="output folder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; a user's error prints one line and returns 2."""
     try:
         args = build_parser().parse_args(argv)
         return commands.COMMANDS[args.command](args)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from spikecompress.data.common import Arrays, stratified_head
+from spikecompress.data.common import MAX_ABS, Arrays, DataError, stratified_head
 from spikecompress.data.embedded import digits_arrays, mnist1d_arrays
 from spikecompress.data.events import event_digits_arrays
 from spikecompress.data.loader import Loader
@@ -19,8 +21,26 @@ STATIC_ENCODINGS = tuple(sorted(ENCODERS))  # direct, latency, poisson
 EVENT_ENCODINGS = ("events", "direct")  # "direct" on event data means: feed the frames as they are
 
 
+MAX_SIZE = 2**31 - 1  # T and batch_size become torch sizes and indices
+MAX_SEED = 2**32 - 1  # the seed range scikit-learn's split and numpy accept
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MEMORY_SHARE = 0.5  # refuse a setting whose estimated memory exceeds this share of the machine's
+ACTIVATION_FACTOR = 64  # activations BPTT keeps per encoded input value (a guess: widths 16-64)
+FRAME_BYTES = 16  # event frames: int64 counts, int32 frames and the float32 copy, at the peak
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_int(field: str, value: object, low: int, high: int | None = None,
+               none_ok: bool = False) -> None:
+    if none_ok and value is None:
+        return
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        span = f" and <= {high}" if high is not None else ""
+        head = "None or an integer" if none_ok else "an integer"
+        raise ValueError(f"data.{field} must be {head} >= {low}{span}, got {value!r}")
 
 
 @dataclass
@@ -37,7 +57,12 @@ class DataConfig:
     ``holdout``: the fraction of those training samples set aside as ``Data.holdout`` (the train
     split keeps a class-balanced subset, the holdout the rest; never in ``Data.train``): data a
     later stage can learn from that the model was not trained on (SEENN-II's exit rewards; a
-    recipe stage's ``train_on: holdout``).
+    recipe stage's ``train_on: holdout``). ``max_abs``: the largest magnitude an input value of
+    an .npz may have (default 1e6, a guess at what sane inputs stay below: 1e30 in an input is a
+    bug that trains to chance); raise it for data whose values are right but large.
+
+    ``T`` and ``batch_size`` are also checked against the machine's memory before any data is
+    encoded (:func:`check_data`).
     """
 
     name: str
@@ -48,27 +73,30 @@ class DataConfig:
     seed: int = 0
     limit: int | None = None
     holdout: float = 0.0
+    max_abs: float = MAX_ABS
 
     def __post_init__(self) -> None:
-        if self.name not in DATASETS:
+        if not isinstance(self.name, str) or self.name not in DATASETS:
             raise ValueError(f"data.name: unknown dataset {self.name!r}; one of {sorted(DATASETS)}")
-        for field in ("T", "batch_size"):
-            value = getattr(self, field)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"data.{field} must be an integer >= 1, got {value!r}")
+        _check_int("T", self.T, 1, MAX_SIZE)
+        _check_int("batch_size", self.batch_size, 1, MAX_SIZE)
         allowed = EVENT_ENCODINGS if self.is_events else STATIC_ENCODINGS
-        if self.encoding not in allowed:
+        if not isinstance(self.encoding, str) or self.encoding not in allowed:
             raise ValueError(f"data.encoding must be one of {allowed} for {self.name!r}, "
                              f"got {self.encoding!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"data.seed must be an integer >= 0, got {self.seed!r}")
-        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
-            raise ValueError(f"data.limit must be None or an integer >= 1, got {self.limit!r}")
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        _check_int("limit", self.limit, 1, none_ok=True)
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, int | float) or not (
             0 <= self.holdout < 1
         ):
             raise ValueError(f"data.holdout must be a fraction in [0, 1), got {self.holdout!r}")
         self.holdout = float(self.holdout)
+        if isinstance(self.max_abs, bool) or not isinstance(self.max_abs, int | float) or not (
+            0 < self.max_abs <= FLOAT32_MAX
+        ):
+            raise ValueError(f"data.max_abs must be a number in (0, {FLOAT32_MAX:.3g}], got "
+                             f"{self.max_abs!r}")
+        self.max_abs = float(self.max_abs)
         if isinstance(self.root, os.PathLike):
             self.root = os.fspath(self.root)
         if self.root is not None and not isinstance(self.root, str):
@@ -127,7 +155,7 @@ def _cifar100(cfg: DataConfig) -> Arrays:
 
 
 def _npz(cfg: DataConfig) -> Arrays:
-    return npz_arrays(cfg.root, cfg.seed)
+    return npz_arrays(cfg.root, cfg.seed, cfg.max_abs)
 
 
 DATASETS = {
@@ -144,12 +172,81 @@ DATASETS = {
 EVENT_DATASETS = frozenset({"event_digits"})
 
 
+# (training samples, all samples, one sample's shape at one time step) of the fixed datasets
+KNOWN_SHAPES = {
+    "digits": (1437, 1797, (1, 8, 8)), "mnist1d": (4000, 5000, (1, 40)),
+    "event_digits": (1437, 1797, (2, 22, 22)), "mnist": (60000, 70000, (1, 28, 28)),
+    "fashion_mnist": (60000, 70000, (1, 28, 28)), "kmnist": (60000, 70000, (1, 28, 28)),
+    "cifar10": (50000, 60000, (3, 32, 32)), "cifar100": (50000, 60000, (3, 32, 32)),
+}
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (``SC_PAGE_SIZE * SC_PHYS_PAGES``); None where unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Check before loading anything that the memory the encoded data will take (estimated from
+    the dataset's known shapes, or the .npz file's header) fits in a share of this machine's
+    memory; DataError naming ``data.T`` otherwise (a missing or corrupt file is the loader's
+    to report). ``load_data`` calls it first; a runner calls it for
+    every stage's T before the first stage starts."""
+    shape = KNOWN_SHAPES.get(cfg.name) or _npz_shape(cfg.root)
+    if shape is not None:
+        check_memory(cfg, *shape)
+
+
+def check_memory(cfg: DataConfig, n_train: int, n_total: int, sample: tuple[int, ...]) -> None:
+    """Refuse a T / batch_size whose encoded data would not fit (see :func:`check_data`)."""
+    memory = physical_memory()
+    if not memory:
+        return
+    values = math.prod(sample)
+    batch = min(cfg.batch_size, n_train if cfg.limit is None else min(n_train, cfg.limit))
+    need = cfg.T * max(batch, 1) * values * 4 * ACTIVATION_FACTOR
+    what = (f"one batch of {batch} samples x {values} values x T steps x 4 bytes, with the "
+            f"activations training keeps for it (x{ACTIVATION_FACTOR}, a guess)")
+    advice = "lower data.T (--T) or data.batch_size (--batch-size)"
+    if cfg.is_events:
+        frames = n_total * cfg.T * values * FRAME_BYTES
+        if frames > need:
+            need, advice = frames, "lower data.T (--T)"
+            what = f"the event frames of {n_total} recordings x {values} values x T steps"
+    if need > MEMORY_SHARE * memory:
+        raise DataError(f"data.T {cfg.T}: {what} need about {need / 2**30:,.0f} GiB, more than "
+                        f"{MEMORY_SHARE:.0%} of this machine's {memory / 2**30:,.0f} GiB; "
+                        f"{advice}")
+
+
+def _npz_shape(path: str | None) -> tuple[int, int, tuple[int, ...]] | None:
+    """(N, N, sample shape) of the 'x' array from an .npz file's header; None if unreadable."""
+    try:
+        with zipfile.ZipFile(os.path.expanduser(path)) as zf, zf.open("x.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            shape = read(f)[0] if read is not None else None
+    except Exception:  # any unreadable file is the loader's to report, naming the problem
+        return None
+    if not shape or not all(isinstance(d, int) for d in shape):
+        return None
+    return shape[0], shape[0], tuple(shape[1:])
+
+
 def load_data(cfg: DataConfig) -> Data:
     """Load ``cfg.name`` (offline: generated, cached or read from local files) and wrap it in a
     shuffling train Loader and an ordered test Loader yielding (x_seq [T, B, ...] float32,
-    y [B] int64). Raises DataError (one line, naming the file) for missing or corrupt data."""
+    y [B] int64). Raises DataError (one line, naming the file or setting) for missing or corrupt
+    data, and for a T or batch size the machine's memory cannot hold, before allocating."""
+    check_data(cfg)
     arrays = DATASETS[cfg.name](cfg)
     x_train, y_train = arrays.x_train, arrays.y_train
+    if not cfg.is_events:  # the estimate again, from the arrays as loaded
+        check_memory(cfg, len(x_train), len(x_train) + len(arrays.x_test), x_train.shape[1:])
     if cfg.limit is not None:
         keep = stratified_head(y_train, cfg.limit)
         x_train, y_train = x_train[keep], y_train[keep]

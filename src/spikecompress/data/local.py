@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from spikecompress.data.common import Arrays, DataError, stratified_split
+from spikecompress.data.common import (
+    MAX_ABS,
+    Arrays,
+    DataError,
+    check_classes,
+    check_labels,
+    check_values,
+    stratified_split,
+)
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -91,6 +99,11 @@ def mnist_family_arrays(name: str, root: str | os.PathLike | None) -> Arrays:
         images, labels = read_idx(img_path), read_idx(lab_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{img_path}: images {images.shape} do not match labels {labels.shape}")
+        if images.dtype != np.uint8 or labels.dtype != np.uint8:
+            raise DataError(f"{img_path}: expected uint8 images and labels (torchvision's layout), "
+                            f"got {images.dtype} and {labels.dtype}")
+        if labels.size and int(labels.max()) >= 10:
+            raise DataError(f"{lab_path}: label {int(labels.max())} is not one of the 10 classes")
         out += [(images.astype(np.float32) / 255.0)[:, None], labels.astype(np.int64)]  # [N,1,H,W]
     return Arrays(*out, classes=10)
 
@@ -157,42 +170,78 @@ def cifar_arrays(name: str, root: str | os.PathLike | None) -> Arrays:
     return Arrays(*out, classes=classes)
 
 
-def npz_arrays(path: str | os.PathLike | None, seed: int = 0) -> Arrays:
+NPZ_KEYS = ("x", "y", "x_test", "y_test")
+NPZ_LAYOUT = "an .npz with arrays 'x' (N, ...) and 'y' (N,), optionally 'x_test' and 'y_test'"
+
+
+def npz_arrays(
+    path: str | os.PathLike | None, seed: int = 0, max_abs: float = MAX_ABS
+) -> Arrays:
     """The user's own data from an .npz holding ``x`` [N, ...] and ``y`` [N] integer labels, and
     optionally ``x_test`` / ``y_test``; without them, a seeded stratified 80/20 split. ``x`` is
-    taken as float32 as is (scale it to [0, 1] yourself for poisson/latency coding)."""
-    layout = "an .npz with arrays 'x' (N, ...) and 'y' (N,), optionally 'x_test' and 'y_test'"
+    taken as float32 as is (scale it to [0, 1] yourself for poisson/latency coding).
+
+    Refused with a one-line DataError naming the file and the array: a missing or unknown array,
+    non-numeric, NaN, inf or beyond-``max_abs`` values, labels that are not integers >= 0,
+    classes 0..C-1 that never occur in ``y`` (C = the largest label + 1), test labels ``y`` lacks,
+    and shapes that disagree."""
+    data = _read_npz(path)
+    src = str(Path(path).expanduser())
+    x, y = data["x"], check_labels(data["y"], src, "y")
+    _check_pair(x, y, src, "x", "y", max_abs)
+    if "x_test" in data:
+        x_test, y_test = data["x_test"], check_labels(data["y_test"], src, "y_test")
+        _check_pair(x_test, y_test, src, "x_test", "y_test", max_abs)
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DataError(f"{src}: 'x_test' samples are {x_test.shape[1:]}, 'x' samples "
+                            f"{x.shape[1:]}")
+        classes = check_classes(y, y_test, src)
+    else:
+        classes = check_classes(y, y[:0], src)
+        if len(y) < 2:
+            raise DataError(f"{src}: {len(y)} sample cannot be split 80/20 into train and test; "
+                            "add samples or give 'x_test' and 'y_test'")
+        tr, te = stratified_split(y, 0.2, seed)
+        x, y, x_test, y_test = x[tr], y[tr], x[te], y[te]
+    return Arrays(np.asarray(x, dtype=np.float32), y, np.asarray(x_test, dtype=np.float32),
+                  y_test, classes=classes)
+
+
+def _read_npz(path: str | os.PathLike | None) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path`` (never unpickling), after checking the array names."""
     if path is None:
-        raise DataError(f"npz: DataConfig.root must be the path of {layout}")
+        raise DataError(f"npz: DataConfig.root must be the path of {NPZ_LAYOUT}")
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"missing {path}; expected {layout}")
+        raise DataError(f"missing {path}; expected {NPZ_LAYOUT}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} is a single .npy array, not {NPZ_LAYOUT}")
+        with z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read {path} as {layout}: {e}") from None
+    except DataError:
+        raise
+    except Exception as e:  # zip, zlib and numpy-header errors alike: the file is not readable
+        raise DataError(f"cannot read {path} as {NPZ_LAYOUT}: {_first_line(e)}") from None
     for key in ("x", "y") + (("y_test",) if "x_test" in data else ()):
         if key not in data:
-            raise DataError(f"{path}: missing array {key!r}; expected {layout}")
-    if len(data["x"]) != len(data["y"]):
-        raise DataError(f"{path}: 'x' has {len(data['x'])} samples but 'y' has {len(data['y'])}")
-    if "x_test" in data:
-        parts = [(data["x"], data["y"], "x"), (data["x_test"], data["y_test"], "x_test")]
-    else:
-        tr, te = stratified_split(_labels(data["y"], path, "y"), 0.2, seed)
-        parts = [(data["x"][tr], data["y"][tr], "x"), (data["x"][te], data["y"][te], "x_test")]
-    out = []
-    for x, y, key in parts:
-        y = _labels(y, path, "y" if key == "x" else "y_test")
-        if len(x) != len(y):
-            raise DataError(f"{path}: {key!r} has {len(x)} samples but its labels have {len(y)}")
-        out += [np.asarray(x, dtype=np.float32), y]
-    return Arrays(*out, classes=int(max(out[1].max(initial=0), out[3].max(initial=0))) + 1)
+            raise DataError(f"{path}: missing array {key!r}; expected {NPZ_LAYOUT}")
+    if "y_test" in data and "x_test" not in data:
+        raise DataError(f"{path}: 'y_test' without 'x_test'; give both or neither")
+    unknown = sorted(set(data) - set(NPZ_KEYS))
+    if unknown:
+        raise DataError(f"{path}: unexpected array {unknown[0]!r}; expected {NPZ_LAYOUT}")
+    return data
 
 
-def _labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
-        raise DataError(f"{path}: {key!r} must be 1-D non-negative integer labels, got "
-                        f"{y.dtype} {y.shape}")
-    return y.astype(np.int64)
+def _check_pair(x: np.ndarray, y: np.ndarray, src: str, xkey: str, ykey: str,
+                max_abs: float) -> None:
+    check_values(x, src, xkey, max_abs)
+    if len(x) != len(y):
+        raise DataError(f"{src}: {xkey!r} has {len(x)} samples but {ykey!r} has {len(y)}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

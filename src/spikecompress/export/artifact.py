@@ -132,20 +132,53 @@ def _read(file: Path) -> bytes:
 
 
 def _check_doc(doc: object, file: Path) -> dict:
+    """The schema of spec.json: every key the loader reads, its type and range; one-line
+    ArtifactError naming ``file`` and the key (``tensors.<name>.shape``)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ArtifactError(f"{file} is not a {FORMAT} spec (no 'format': {FORMAT!r})")
     version = doc.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ArtifactError(f"corrupt artifact file {file}: bad format_version {version!r}")
     if version > FORMAT_VERSION:
         raise ArtifactError(f"{file} has format version {version}, newer than this library "
                             f"reads ({FORMAT_VERSION}); upgrade spikecompress")
-    types = {"model": dict, "meta": dict, "tensors": dict, "sha256": str, "tensor_bytes": int}
-    for key, kind in types.items():
-        if not isinstance(doc.get(key), kind):
-            raise ArtifactError(f"corrupt artifact file {file}: '{key}' missing or not a "
-                                f"{kind.__name__}")
+    types = {"model": (dict, "an object"), "meta": (dict, "an object"),
+             "tensors": (dict, "an object"), "sha256": (str, "a string"),
+             "tensor_bytes": (int, "an integer"), "library_version": (str, "a string")}
+    for key, (kind, what) in types.items():
+        if key not in doc:
+            raise ArtifactError(f"corrupt artifact file {file}: '{key}' missing")
+        if not isinstance(doc[key], kind) or isinstance(doc[key], bool):
+            raise ArtifactError(f"corrupt artifact file {file}: '{key}' must be {what}, got "
+                                f"{doc[key]!r:.60}")
+    _check_values(doc, file)
+    for key, entry in doc["tensors"].items():
+        problem = codec.entry_problem(entry)
+        if problem is not None:
+            field, what = problem
+            name = f"tensors.{key}.{field}" if field else f"tensors.{key}"
+            got = entry.get(field) if field and isinstance(entry, dict) else entry
+            raise ArtifactError(f"corrupt artifact file {file}: {name!r} {what}, got {got!r:.60}")
     return doc
+
+
+def _check_values(doc: dict, file: Path) -> None:
+    """Ranges of spec.json's scalar keys (their types are checked already)."""
+    bad = None
+    if doc["tensor_bytes"] < 0:
+        bad = "'tensor_bytes' must be an integer >= 0"
+    elif len(doc["sha256"]) != 64 or doc["sha256"].strip("0123456789abcdef"):
+        bad = "'sha256' must be 64 hex digits"
+    elif not isinstance(doc["model"].get("name"), str):
+        bad = "'model.name' must be a model name (a string)"
+    elif "T" in doc["meta"] and doc["meta"]["T"] is not None and not (
+        type(doc["meta"]["T"]) is int and doc["meta"]["T"] >= 1
+    ):
+        bad = f"'meta.T' must be an integer >= 1, got {doc['meta']['T']!r}"
+    elif not isinstance(doc["meta"].get("data", {}), dict | None):
+        bad = "'meta.data' must be an object (the data settings)"
+    if bad is not None:
+        raise ArtifactError(f"corrupt artifact file {file}: {bad}")
 
 
 def read_spec(path: str | Path) -> dict:
@@ -211,14 +244,23 @@ def load(path: str | Path) -> nn.Module:
     doc = read_spec(path)
     state = read_state_dict(path, doc)
     spec_file = path / SPEC_FILE
-    try:
-        model = from_spec(doc["model"])
-    except ValueError as e:
-        raise ArtifactError(f"bad model spec in {spec_file}: {_one_line(e)}") from None
+    model = _build(doc["model"], spec_file)
     add_optional_state_(model, state)
     _check_fits(model, state, spec_file)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
+
+
+def _build(spec: dict, spec_file: Path) -> nn.Module:
+    """``from_spec(spec)``; ArtifactError for a spec the builders refuse or cannot build (a size
+    beyond memory: torch's allocator refuses it)."""
+    try:
+        return from_spec(spec)
+    except ValueError as e:
+        raise ArtifactError(f"bad model spec in {spec_file}: {_one_line(e)}") from None
+    except (RuntimeError, TypeError) as e:
+        raise ArtifactError(f"bad model spec in {spec_file}: cannot build it: "
+                            f"{_one_line(e)[:200]}") from None
 
 
 def size_bytes(path: str | Path) -> int:

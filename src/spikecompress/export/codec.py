@@ -152,6 +152,44 @@ def encode(key: str, t: torch.Tensor, fmt: str | None = None) -> tuple[dict, dic
     return pieces, entry
 
 
+ENTRY_FIELDS = ("format", "shape", "dtype", "nnz", "bits", "rice_k")
+MAX_NUMEL = 2**40  # elements one tensor may declare (a shape beyond is corrupt, not a model)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def entry_problem(entry: object) -> tuple[str, str] | None:
+    """The first field of a spec entry whose type or value is wrong, as (field, what it must be);
+    None for a well-formed entry. Checks types and ranges only, not the tensors."""
+    if not isinstance(entry, dict):
+        return "", "must be an object"
+    unknown = [k for k in entry if k not in ENTRY_FIELDS]
+    if unknown:
+        return str(unknown[0]), f"is not a field of a tensor entry (one of {list(ENTRY_FIELDS)})"
+    if not isinstance(entry.get("format"), str) or entry["format"] not in FORMATS:
+        return "format", f"must be one of {list(FORMATS)}"
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(
+        _is_int(d) and d >= 0 for d in shape
+    ) or math.prod(shape) > MAX_NUMEL:
+        return "shape", f"must be a list of integers >= 0 of at most {MAX_NUMEL} elements"
+    try:
+        parse_dtype(entry.get("dtype"))
+    except ValueError:
+        return "dtype", "must be a torch dtype name (e.g. 'float32')"
+    support, values = FORMATS[entry["format"]]
+    checks = (("nnz", support != "all", lambda v: 0 <= v <= math.prod(shape),
+               f"in [0, {math.prod(shape)}] (the tensor's elements)"),
+              ("bits", values == "codebook", lambda v: 1 <= v <= 8, "in [1, 8]"),
+              ("rice_k", support == "positions", lambda v: 0 <= v < 63, "in [0, 62]"))
+    for name, needed, in_range, span in checks:
+        if (needed or name in entry) and not (_is_int(entry.get(name)) and in_range(entry[name])):
+            return name, f"must be an integer {span}"
+    return None
+
+
 def _piece(pieces: dict, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     if name not in pieces:
         raise ValueError(f"missing tensor {name!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import math
 import re
 import types
 import typing
@@ -25,11 +26,20 @@ import yaml
 from spikecompress.compress.registry import METHODS
 from spikecompress.data import DataConfig
 from spikecompress.models import MODELS
-from spikecompress.train.config import LOSSES, OPTIMIZERS, SCHEDULES
+from spikecompress.train.config import (
+    LOSSES,
+    MAX_SEED,
+    OPTIMIZERS,
+    SCHEDULES,
+    check_count,
+    check_momentum,
+    check_rate,
+)
 
 RECIPE_VERSION = 1
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 TRAIN_SPLITS = ("train", "holdout")
+MAX_T = 2**31 - 1  # a torch size
 
 
 class _Model: ...  # type marker: a model spec, checked against the builder MODELS[name]
@@ -51,12 +61,9 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ValueError(f"name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
-        if not 0 < self.lr < float("inf"):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.weight_decay < float("inf"):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        self.lr = check_rate("lr", self.lr, zero_ok=False)
+        self.weight_decay = check_rate("weight_decay", self.weight_decay, zero_ok=True)
+        self.momentum = check_momentum(self.momentum)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
 
@@ -87,15 +94,15 @@ class Stage:
     def __post_init__(self) -> None:
         if not _STAGE_NAME.fullmatch(self.name):
             raise ValueError(f"name must be letters, digits, '_', '.' or '-', got {self.name!r}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        check_count("epochs", self.epochs, 0)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
         self.methods = [method_spec(s, f"methods.{i}") for i, s in enumerate(self.methods)]
         if self.init is not None and not self.init:
             raise ValueError("init must be a path or null, got ''")
-        if self.T is not None and self.T < 1:
-            raise ValueError(f"T must be an integer >= 1 or null, got {self.T}")
+        if self.T is not None and (isinstance(self.T, bool) or not isinstance(self.T, int)
+                                   or not 1 <= self.T <= MAX_T):
+            raise ValueError(f"T must be an integer >= 1 or null (at most {MAX_T}), got {self.T!r}")
         if self.train_on not in TRAIN_SPLITS:
             raise ValueError(f"train_on must be one of {list(TRAIN_SPLITS)}, got {self.train_on!r}")
 
@@ -132,8 +139,7 @@ class Recipe:
         twice = [i for i, name in enumerate(names) if name in names[:i]]
         if twice:
             raise ValueError(f"stages.{twice[0]}.name: {names[twice[0]]!r} is used twice")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        check_count("seed", self.seed, 0, MAX_SEED)
         held = [i for i, s in enumerate(self.stages) if s.train_on == "holdout"]
         if held and not self.data.holdout:
             raise ValueError(f"stages.{held[0]}.train_on: holdout needs data.holdout > 0")
@@ -210,7 +216,7 @@ def _conform_keys(d: dict, hints: dict[str, Any], path: str) -> dict:
     """Each value of ``d`` conformed to its hint; an unknown key names its path."""
     out = {}
     for key, value in d.items():
-        sub = f"{path}.{key}" if path else str(key)
+        sub = f"{path}.{key_name(key)}" if path else key_name(key)
         if key not in hints:
             where = path or "the recipe"
             raise ValueError(f"{sub}: unknown key in {where}; known: {sorted(hints)}")
@@ -218,11 +224,23 @@ def _conform_keys(d: dict, hints: dict[str, Any], path: str) -> dict:
     return out
 
 
+def key_name(key: object) -> str:
+    """A mapping key as it reads in a field path: as is, or quoted when it is not plain printable
+    text (a newline in a key would otherwise break a one-line message)."""
+    text = str(key)
+    return text if text and text.isprintable() and text.strip() == text else repr(text)
+
+
 def _construct(cls: type, kwargs: dict, path: str, hints: dict) -> Any:
     """``cls(**kwargs)``; a ValueError from its __post_init__ gets ``path`` in front, joined by
-    '.' when the message starts with a field name."""
+    '.' when the message starts with a field name. A TypeError there (a value of a type the
+    class does not check, inside a nested mapping) is the user's too: a ValueError naming
+    ``path``."""
     try:
         return cls(**kwargs)
+    except TypeError as e:
+        msg = " ".join(str(e).split())
+        raise ValueError(f"{path or 'recipe'}: a value of the wrong type ({msg})") from None
     except ValueError as e:
         msg = " ".join(str(e).split())
         if not path or msg.startswith(path + ".") or msg.startswith(path + ":"):
@@ -232,14 +250,13 @@ def _construct(cls: type, kwargs: dict, path: str, hints: dict) -> Any:
 
 
 def _method_class(name: object, path: str) -> type:
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"{path}.name: unknown method {name!r}; known: {sorted(METHODS)}")
     return METHODS[name]
 
 
 def _builder_hints(name: object, path: str) -> dict[str, Any]:
-
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"{path}.name: unknown model {name!r}; known: {sorted(MODELS)}")
     try:
         resolved = typing.get_type_hints(MODELS[name])
@@ -292,6 +309,17 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def _finite(path: str, value: int | float) -> float:
+    """``value`` as a float; no setting means NaN, inf or a number beyond a float's range."""
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ValueError(f"{path}: expected a finite float, got {value!r:.40}")
+    return f
+
+
 def _conform(path: str, value: Any, hint: Any) -> Any:
     """``value`` checked against ``hint`` (ints accepted as floats, '1e-3' strings too)."""
     bad = ValueError(f"{path}: expected {_type_name(hint)}, got {value!r}")
@@ -304,12 +332,12 @@ def _conform(path: str, value: Any, hint: Any) -> Any:
         raise bad
     if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise bad from None
     if hint in _SCALARS:
         if isinstance(value, _SCALARS[hint]) and (hint is bool or not isinstance(value, bool)):
-            return float(value) if hint is float else value
+            return _finite(path, value) if hint is float else value
         raise bad
     if _origin(hint) is list:
         if not isinstance(value, (list, tuple)):

@@ -10,21 +10,25 @@ Writes into ``out_dir``::
                       metrics.json   its measurement (written last: the stage's commit point)
     artifact/  metrics.json  report/ the final model, its metrics, a report comparing the stages
 
-A killed run started again with the same ``out_dir`` skips every stage whose artifact and
-metrics.json exist and resumes an interrupted stage from its last Trainer checkpoint. The methods
-are attached *before* the Trainer resumes, so their parametrization buffers (masks, ...) live in
-``model.state_dict()`` and come back with it; the resumed run ends with the same weights as an
-uninterrupted one. Every stage after the first starts from the previous stage's saved artifact (in
-memory or after a restart alike), so both paths see the same model.
+Before any training it loads every stage's ``init`` and checks it against the data, and loads the
+data of every stage still to run. A killed run started again with the same ``out_dir`` skips every
+stage whose artifact and metrics.json exist and resumes an interrupted stage from its last Trainer
+checkpoint (and says where). A different recipe is refused in an ``out_dir`` where a stage has
+finished; an unfinished start of a different recipe (it failed in its first stage) is replaced.
+The methods are attached *before* the Trainer resumes, so their parametrization buffers (masks,
+...) live in ``model.state_dict()`` and come back with it; the resumed run ends with the same
+weights as an uninterrupted one. Every stage after the first starts from the previous stage's
+saved artifact (in memory or after a restart alike), so both paths see the same model.
 
-This is the CLI's runner and sits above ``train`` and ``report`` (it imports them lazily).
+This is the CLI's runner and sits above ``train`` and ``report``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, replace
+import shutil
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
@@ -35,15 +39,32 @@ from spikecompress.data import load_data
 from spikecompress.export import load, save
 from spikecompress.export.artifact import SPEC_FILE, TENSOR_FILE
 from spikecompress.measurement.metrics import measure
-from spikecompress.models import from_spec
+from spikecompress.models import EXTRAS, from_spec
 from spikecompress.report import write_report
+from spikecompress.run.folders import EFFECTIVE, load_model
 from spikecompress.run.recipe import Recipe, Stage
-from spikecompress.run.recipe_files import dump_yaml, parse_yaml
-from spikecompress.snn.neuron import add_optional_state_
-from spikecompress.train import TrainConfig, Trainer, load_checkpoint, seed_everything
-from spikecompress.train.checkpoint import CheckpointError, atomic_write_json
+from spikecompress.run.recipe_files import check_run, dump_yaml, parse_yaml
+from spikecompress.train import TrainConfig, Trainer, seed_everything
+from spikecompress.train.checkpoint import POINTER, atomic_write_json, read_pointer
+from spikecompress.train.progress import printer
 
-EFFECTIVE = "recipe.effective.yaml"
+
+@dataclass
+class _Run:
+    """One call of ``run_recipe``: where it writes, how it talks, what it checked up front."""
+
+    recipe: Recipe
+    out: Path
+    device: str
+    verbose: bool
+    inits: dict[int, nn.Module] = field(default_factory=dict)  # stage -> its ``init``'s model
+    data: dict = field(default_factory=dict)  # T -> Data: each stage runs at its own T
+
+    def say(self, text: str) -> None:  # progress (silent unless verbose)
+        printer(self.verbose)(text)
+
+    def note(self, text: str) -> None:  # where a run resumes: always said
+        printer()(text)
 
 
 def run_recipe(
@@ -52,44 +73,52 @@ def run_recipe(
     """Run every stage of ``recipe`` into ``out_dir`` (resuming what a killed run left).
 
     ``device``: where the stages train ("cpu", "cuda", "cuda:N"); every finalized model is moved
-    to the CPU, saved and measured there.
+    to the CPU, saved and measured there. Before any training: every stage's data at its T and
+    ``init`` are checked (``recipe_files.check_run``), the data of every stage still to run is
+    loaded, and each ``init`` that exists already is checked against its stage's data.
 
     Returns ``{"stages": {stage name: metrics}, "metrics": final metrics, "artifact": path,
     "report": path of report.md}``.
     """
-
-    out = Path(out_dir)
-    _write_effective(recipe, out)
-    loaded: dict[int, object] = {}  # T -> Data: each stage runs at its own T
-    say = _printer(verbose)
+    run = _Run(recipe, Path(out_dir), device, verbose)
+    effective = _prepare(run)
     results: dict[str, dict] = {}
-    previous: Path | None = None
     for i, stage in enumerate(recipe.stages):
-        stage_dir = _stage_dir(out, i, stage)
-        head = f"stage {i + 1}/{len(recipe.stages)} {stage.name!r}"
-        if _stage_done(stage_dir):
-            results[stage.name] = json.loads((stage_dir / "metrics.json").read_text())
-            say(f"{head}: done in an earlier run, skipped")
-        else:
-            config = stage_data(recipe, stage)
-            if config.T not in loaded:
-                loaded[config.T] = load_data(config)
-            data = loaded[config.T]
-            say(f"{head}: T {config.T}, epochs {stage.epochs}, "
-                f"methods {[m['name'] for m in stage.methods]}")
-            model = _stage_input(recipe, stage, i, data, previous)
-            results[stage.name] = _run_stage(
-                recipe, stage, model, data, stage_dir, verbose, device
-            )
-        say(f"{head}: {_summary(results[stage.name])}")
-        previous = stage_dir / "artifact"
-    final = out / "artifact"
-    _copy_artifact(_stage_dir(out, len(recipe.stages) - 1, recipe.stages[-1]) / "artifact", final)
+        results[stage.name] = _do_stage(run, i)
+    final = run.out / "artifact"
+    _copy_artifact(_stage_dir(run.out, len(recipe.stages) - 1, recipe.stages[-1]) / "artifact",
+                   final)
     metrics = results[recipe.stages[-1].name]
-    atomic_write_json(out / "metrics.json", metrics)
-    md, _ = write_report(results, out / "report")
-    say(f"wrote {final}, {out / 'metrics.json'} and {md}")
+    atomic_write_json(run.out / "metrics.json", metrics)
+    md, _ = write_report(results, run.out / "report", recipes=dict.fromkeys(results, effective))
+    run.say(f"wrote {final}, {run.out / 'metrics.json'} and {md}")
     return {"stages": results, "metrics": metrics, "artifact": str(final), "report": str(md)}
+
+
+def _prepare(run: _Run) -> str:
+    """Check everything before the first stage, load the data, then (re)write the run folder's
+    recipe.effective.yaml; returns its text."""
+    recipe, out = run.recipe, run.out
+    check_run(recipe, out)
+    state = _out_state(recipe, out)
+    todo = [i for i, s in enumerate(recipe.stages)
+            if state != "resume" or not _stage_done(_stage_dir(out, i, s))]
+    run.inits = {i: load_init(recipe.stages[i].init, f"stages.{i}.init") for i in todo
+                 if recipe.stages[i].init is not None and not _inside(recipe.stages[i].init, out)}
+    _load_stage_data(run, todo)
+    for i in run.inits:
+        _check_init_fits(run, i, run.inits[i])
+    if state == "replace":
+        run.note(f"{out}: replacing the unfinished start of another recipe (no stage of it had "
+                 "finished)")
+        shutil.rmtree(out / "stages", ignore_errors=True)
+    elif state == "resume":
+        run.note(f"resuming the run in {out}")
+        return (out / EFFECTIVE).read_text()
+    effective = effective_text(recipe, run.inits)
+    with atomic_writer(out / EFFECTIVE) as f:
+        f.write(effective.encode())
+    return effective
 
 
 def stage_data(recipe: Recipe, stage: Stage):
@@ -97,12 +126,33 @@ def stage_data(recipe: Recipe, stage: Stage):
     return recipe.data if stage.T is None else replace(recipe.data, T=stage.T)
 
 
+def _do_stage(run: _Run, i: int) -> dict:
+    """Stage ``i``: skipped when an earlier run finished it, else run (resuming its checkpoint)."""
+    stage, n = run.recipe.stages[i], len(run.recipe.stages)
+    stage_dir, head = _stage_dir(run.out, i, stage), f"stage {i + 1}/{n} {stage.name!r}"
+    if _stage_done(stage_dir):
+        result = json.loads((stage_dir / "metrics.json").read_text())
+        run.say(f"{head}: done in an earlier run, skipped")
+    else:
+        if (stage_dir / POINTER).is_file():
+            ptr = read_pointer(stage_dir)
+            run.note(f"{head}: resuming from {stage_dir / POINTER}: epoch {ptr.get('epoch')} of "
+                     f"{stage.epochs} done, step {ptr.get('step')}")
+        T = stage_data(run.recipe, stage).T
+        data = run.data[T]
+        run.say(f"{head}: T {T}, epochs {stage.epochs}, "
+                f"methods {[m['name'] for m in stage.methods]}")
+        model = _stage_input(run, i, data)
+        result = _run_stage(run, stage, model, data, stage_dir, head)
+    run.say(f"{head}: {_summary(result)}")
+    return result
+
+
 def _run_stage(
-    recipe: Recipe, stage: Stage, model: nn.Module, data, stage_dir: Path, verbose: bool,
-    device: str,
+    run: _Run, stage: Stage, model: nn.Module, data, stage_dir: Path, head: str
 ) -> dict:
     """Attach, train (resuming), finalize, save the artifact, then metrics.json (commit point)."""
-
+    recipe = run.recipe
     session = attach(model, stage.build_methods(), stage=stage.name)
     opt = stage.optimizer
     cfg = TrainConfig(
@@ -114,22 +164,17 @@ def _run_stage(
         schedule=opt.schedule,
         loss=stage.loss,
         seed=recipe.seed,
-        device=device,
+        device=run.device,
     )
     config = stage_data(recipe, stage)
     meta = {"data": asdict(config), "stage": stage.name, "recipe": recipe.to_dict()}
-    trainer = Trainer(
-        model,
-        data if stage.train_on == "train" else replace(data, train=data.holdout),
-        cfg,
-        out_dir=stage_dir,
-        session=session,
-        meta={"model": model.spec, **meta},
-        verbose=verbose,
-    )
+    train = data if stage.train_on == "train" else replace(data, train=data.holdout)
+    trainer = Trainer(model, train, cfg, out_dir=stage_dir, session=session,
+                      meta={"model": model.spec, **meta}, verbose=run.verbose)
     fit = trainer.fit()
     model = session.finalize().cpu()
     artifact = save(model, stage_dir / "artifact", meta={"T": config.T, **meta})
+    run.say(f"{head}: measuring the finalized model (accuracy, SOPs, energy, latency) ...")
     metrics = measure(model, data, artifact=artifact).to_dict()
     metrics.update(
         stage=stage.name,
@@ -145,15 +190,20 @@ def _run_stage(
     return metrics
 
 
-def _stage_input(recipe: Recipe, stage: Stage, index: int, data, previous: Path | None):
+def _stage_input(run: _Run, index: int, data) -> nn.Module:
     """The model a stage starts from: its ``init``, else the previous artifact, else a new one."""
-
+    stage = run.recipe.stages[index]
     if stage.init is not None:
-        return load_init(stage.init, f"stages.{index}.init")
-    if previous is not None:
-        return load(previous)
-    seed_everything(recipe.seed)
-    return from_spec(model_spec(recipe.model, data))
+        model = run.inits.pop(index, None)  # loaded and checked before the first stage
+        if model is None:  # an init this run wrote (an earlier stage's folder)
+            model = load_init(stage.init, f"stages.{index}.init")
+            _check_init_fits(run, index, model)
+        return model
+    if index > 0:
+        prev = run.recipe.stages[index - 1]
+        return load(_stage_dir(run.out, index - 1, prev) / "artifact")
+    seed_everything(run.recipe.seed)
+    return from_spec(model_spec(run.recipe.model, data))
 
 
 def model_spec(model: dict, data) -> dict:
@@ -169,49 +219,86 @@ def model_spec(model: dict, data) -> dict:
 
 
 def load_init(path: str | Path, field: str = "init") -> nn.Module:
-    """A model from an artifact folder, a run holding ``artifact/``, or a run's checkpoint."""
-
-    p = Path(path)
-    for folder in (p, p / "artifact"):
-        if (folder / "spec.json").is_file():
-            return load(folder)
-    if not (p / "checkpoint.json").is_file():
-        raise FileNotFoundError(
-            f"{field}: {p} holds neither an artifact (spec.json) nor a checkpoint (checkpoint.json)"
-        )
-    tensors, meta = load_checkpoint(p)
-    if "model" not in meta:
-        raise CheckpointError(f"{field}: the checkpoint in {p} records no model spec")
-    model = from_spec(meta["model"])
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    add_optional_state_(model, state)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{field}: checkpoint in {p} does not fit its model: {first}"
-        ) from None
-    return model
+    """A model from an artifact folder, a run or stage folder holding ``artifact/``, or a run's
+    checkpoint; errors are one line starting with ``field``."""
+    return load_model(path, field)
 
 
-# -- files ---------------------------------------------------------------------------------------
-def _write_effective(recipe: Recipe, out: Path) -> None:
-    """Write recipe.effective.yaml, refusing to mix a different recipe into an existing run."""
-    path = out / EFFECTIVE
-    text = dump_yaml(recipe)
-    if path.is_file():
-        try:
-            same = Recipe.from_dict(parse_yaml(path.read_text(), str(path))) == recipe
-        except ValueError:
-            same = False
-        if not same:
+# -- checks before any work ----------------------------------------------------------------------
+def _load_stage_data(run: _Run, todo: list[int]) -> None:
+    """Load the data of every stage still to run (once per T), saying so: it can take a while."""
+    for i in todo:
+        config = stage_data(run.recipe, run.recipe.stages[i])
+        if config.T not in run.data:
+            run.say(f"loading {config.name} (T={config.T}) ...")
+            run.data[config.T] = load_data(config)
+
+
+def _check_init_fits(run: _Run, index: int, model: nn.Module) -> None:
+    """Stage ``index``'s ``init`` model must take its data's inputs and classes (one line naming
+    the field and both values)."""
+    stage = run.recipe.stages[index]
+    data = run.data[stage_data(run.recipe, stage).T]
+    spec = model.spec
+    want = model_spec({"name": spec["name"]}, data)
+    for key in ("classes", "in_channels", "input_size", "in_features"):
+        if key in spec and key in want and spec[key] != want[key]:
             raise ValueError(
-                f"{out} holds a run of a different recipe (see {path}); "
-                "pass a new --out or delete it"
+                f"stages.{index}.init: the {spec['name']} model in {stage.init} has {key} "
+                f"{spec[key]}, but the data {data.name!r} needs {want[key]}"
             )
-    with atomic_writer(path) as f:
-        f.write(text.encode())
+
+
+def _inside(path: str | Path, out: Path) -> bool:
+    """Whether ``path`` lies in ``out`` (an init an earlier stage of this run writes)."""
+    return Path(path).expanduser().resolve().is_relative_to(out.expanduser().resolve())
+
+
+def effective_text(recipe: Recipe, inits: dict[int, nn.Module]) -> str:
+    """recipe.effective.yaml: the recipe after overrides, every method field resolved, and the
+    model the run really starts from: when the first stage starts from an ``init``, ``model`` is
+    the model that init holds (the recipe's is not used); every ``init``'s model is a comment."""
+    effective = recipe
+    lines = ["# the recipe as run: overrides applied, every method field resolved"]
+    for i, model in sorted(inits.items()):
+        spec = {k: v for k, v in model.spec.items() if k not in EXTRAS}
+        lines.append(f"# stages.{i}.init {recipe.stages[i].init} holds {json.dumps(spec)}")
+        if i == 0:
+            try:
+                effective = replace(recipe, model=spec)
+            except ValueError as e:  # a spec the recipe schema cannot hold: keep the comment
+                lines.append(f"# (model left as written: {e})")
+    return "\n".join(lines) + "\n" + dump_yaml(effective)
+
+
+def _out_state(recipe: Recipe, out: Path) -> str:
+    """"new" (no run in ``out``), "resume" (a run of this recipe) or "replace" (the unfinished
+    start of a different recipe, e.g. one that diverged in its first stage: no stage finished).
+    A different recipe that finished a stage is refused: its results must not mix with these."""
+    path = out / EFFECTIVE
+    if not path.is_file():
+        return "new"
+    try:
+        same = _comparable(Recipe.from_dict(parse_yaml(path.read_text(), str(path)))) == (
+            _comparable(recipe))
+    except ValueError:
+        same = False
+    if same:
+        return "resume"
+    done = sorted(d.name for d in (out / "stages").glob("*") if _stage_done(d))
+    if done:
+        raise ValueError(f"{out} holds a run of a different recipe (see {path}) whose stage "
+                         f"{done[0]!r} finished; pass a new --out or delete it")
+    return "replace"
+
+
+def _comparable(recipe: Recipe) -> dict:
+    """The recipe as compared across runs: without ``model`` when the first stage starts from
+    an ``init`` (the effective recipe records the init's model there, the recipe's is unused)."""
+    d = recipe.to_dict()
+    if recipe.stages[0].init is not None:
+        d.pop("model")
+    return d
 
 
 def _stage_dir(out: Path, index: int, stage: Stage) -> Path:
@@ -237,12 +324,3 @@ def _summary(m: dict) -> str:
         f"accuracy {m['accuracy']:.4f}, non-zero {nonzero:.1%} of {m['params']:,} params, "
         f"{m['size_bytes']:,} bytes, {m['sops_per_sample']:,.0f} SOPs/sample"
     )
-
-
-def _printer(verbose: bool):
-    if not verbose:
-        return lambda text: None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return lambda text: console.print(text, highlight=False)

@@ -2,11 +2,62 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
+
+import torch
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("ce", "tet")
+# A learning rate or weight decay above this only diverges: Adam moves every weight by about lr
+# per step, SGD by lr times the gradient; beyond 3.4e38 torch cannot even hold it as a float.
+MAX_RATE = 1e3
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seed range
+
+
+def check_rate(name: str, value: object, zero_ok: bool) -> float:
+    """``value`` as a float in (0, MAX_RATE] (``[0, MAX_RATE]`` with ``zero_ok``), else a one-line
+    ValueError naming ``name`` and saying why the bound."""
+    ok = _is_number(value) and math.isfinite(value) and value <= MAX_RATE and (
+        value >= 0 if zero_ok else value > 0
+    )
+    if not ok:
+        low = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{name} must be {low} and <= {MAX_RATE:g} (a finite number: a larger "
+                         f"one only makes training diverge), got {value!r}")
+    return float(value)
+
+
+def check_momentum(value: object) -> float:
+    if not (_is_number(value) and 0 <= value < 1):
+        raise ValueError(f"momentum must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: object, low: int, high: int | None = None) -> None:
+    """An int (not a bool) in ``[low, high]``, else a one-line ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+        high is not None and value > high
+    ):
+        span = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"{name} must be >= {low}{span} (an integer), got {value!r}")
+
+
+def check_device(value: object) -> str:
+    """'cpu', 'cuda' or 'cuda:N' that torch parses (whether CUDA is here is the Trainer's check)."""
+    bad = ValueError(f"device must be 'cpu' or 'cuda[:N]', got {value!r}")
+    if not isinstance(value, str) or not (value in ("cpu", "cuda") or value.startswith("cuda:")):
+        raise bad
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise bad from None
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass
@@ -35,29 +86,30 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("loss", self.loss, LOSSES)
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_count("epochs", self.epochs, 0)
+        self.lr = check_rate("lr", self.lr, zero_ok=False)
+        self.weight_decay = check_rate("weight_decay", self.weight_decay, zero_ok=True)
+        self.momentum = check_momentum(self.momentum)
+        check_count("seed", self.seed, 0, MAX_SEED)
+        check_count("checkpoint_every", self.checkpoint_every, 0)
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"amp must be true or false, got {self.amp!r}")
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"training settings must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
             raise ValueError(f"unknown training setting {unknown[0]!r}; known: {sorted(known)}")
         return cls(**d)
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")

@@ -1,7 +1,9 @@
-"""A rich progress bar for training: epoch, loss, accuracy, firing rate, time left."""
+"""A rich progress bar for training: epoch, loss, accuracy, firing rate, time left; ``printer``
+for the one-line status of the phases around it (loading data, measuring, resuming)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -49,3 +51,12 @@ class Progress:
                 f"train {row['train_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
                 f"firing rate {row['firing_rate']:.3f}"
             )
+
+
+def printer(enabled: bool = True, console: Console | None = None) -> Callable[[str], None]:
+    """A function printing one status line to stderr (a long silent phase, a resume point);
+    it prints nothing when not ``enabled``."""
+    if not enabled:
+        return lambda text: None
+    console = console or Console(stderr=True)
+    return lambda text: console.print(text, highlight=False, soft_wrap=True)
