@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _exact import dyadic_
 from spikecompress.compress import attach
 from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
@@ -37,7 +38,9 @@ def data():
 
 
 def _model(arch, seed=0, **changes):
-    """A model whose every channel matters: random BN statistics, affine terms and γ signs."""
+    """A model whose every channel matters: random BN statistics, affine terms and γ signs, all
+    dyadic like the weights (tests/_exact.py), so that a pruned and a dense model, which sum
+    different terms in different orders, agree bit for bit on any CPU and thread count."""
     torch.manual_seed(seed)
     model = build(classes=10, **{**ARCHS[arch], **changes})
     for m in model.modules():
@@ -46,7 +49,7 @@ def _model(arch, seed=0, **changes):
             m.running_var.uniform_(0.01, 0.1)
             m.weight.data.normal_(0.0, 1.0)
             m.bias.data.normal_(0.0, 0.5)
-    return model
+    return dyadic_(model)
 
 
 def _spikes(model, seed=1):

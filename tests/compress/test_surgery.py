@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from _exact import dyadic_, rounding_modules
 from spikecompress.compress.prune.channel_mask import (
     channel_mask,
     dense_gamma_grad,
@@ -37,7 +38,9 @@ ARCHS = {
 
 def _randomise(model):
     """Random BN statistics and affine terms, per-channel thresholds and taus: every channel
-    matters, so a wrong slice shows in the output."""
+    matters, so a wrong slice shows in the output. All of them dyadic (tests/_exact.py): the
+    pruned and the dense model sum different terms in different orders, and they must agree bit
+    for bit on any CPU and thread count."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.normal_()
@@ -50,7 +53,7 @@ def _randomise(model):
                 t.uniform_(low, high)
         if isinstance(getattr(m, "w", None), nn.Parameter) and m.w.dim() == 1:
             m.w.data.normal_()
-    return model.eval()
+    return dyadic_(model).eval()
 
 
 def _model(arch, seed=0):
@@ -81,6 +84,14 @@ def test_groups_tie_residual_channels_and_skip_the_readout():
     assert stage1.neurons == ["features.stage1.0.act2"] and stage1.consumers == ["classifier.fc0"]
     assert all("classifier.fc" not in g.producers for g in groups.values())
     assert [g.size for g in groups.values()] == [6, 6, 6, 8, 8, 6]
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_the_test_models_compute_without_rounding(arch):
+    """The premise of the exact comparisons below: nothing in these forwards rounds (each
+    module's float32 output equals its float64 twin's), so no summation order can matter."""
+    model = _model(arch)
+    assert rounding_modules(model, _spikes(model)) == []
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

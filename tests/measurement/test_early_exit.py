@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from _exact import dyadic_
 from spikecompress.data import DataConfig, load_data
 from spikecompress.export import load, save
 from spikecompress.measurement import count, measure
@@ -33,7 +34,10 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """A tiny MLP trained for 3 epochs with TET, so its early steps are often confident."""
+    """A tiny MLP trained for 3 epochs with TET, so its early steps are often confident. Its
+    weights and BN are then made dyadic (tests/_exact.py; the digits inputs are k/16 already):
+    the tests below compare runs of different shapes (a prefix of the steps, one sample, a subset
+    of the batch) that sum in different orders, bit for bit, on any CPU and thread count."""
     torch.manual_seed(0)
     model = build("mlp", in_features=64, classes=10, widths=[32])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -44,7 +48,7 @@ def trained(data):
             loss.backward()
             opt.step()
             reset_state(model)
-    return model.eval()
+    return dyadic_(model).eval()
 
 
 def _with_policy(model, config):
@@ -132,6 +136,7 @@ def test_alpha_one_accuracy_equals_full_t(trained, data):
     steps, preds = exit_steps(out, 1.0)
     assert (steps == 4).all()
     assert torch.equal(preds, out.mean(0).argmax(1))  # argmax of the sum = argmax of the mean
+    # (exact: the logits are dyadic, so the sum and the mean by 4 never round)
     m = _with_policy(trained, _conf(1.0))
     full = measure(trained, data, latency_repeats=1)
     assert measure(m, data, latency_repeats=1).accuracy == full.accuracy
