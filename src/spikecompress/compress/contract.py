@@ -170,7 +170,7 @@ class Target:
 
 def check_defaults(
     method_cls: type, model: nn.Module, data, epochs: int = 2, lr: float = 1e-3,
-    max_drop: float = 0.03, compresses: bool = True, stage_data=None,
+    max_drop: float = 0.04, compresses: bool = True, stage_data=None,
 ) -> dict:
     """Fine-tune the trained ``model`` for ``epochs`` with ``method_cls()`` (its defaults), and
     require the finalized model to stay within ``max_drop`` of the dense accuracy and to really
