@@ -151,9 +151,10 @@ def test_artifact_bytes_shrink_to_about_b_over_32(tmp_path):
             w = dict(select(model))["features.1.conv"].weight  # [64, 32, 3, 3]
             stored = sum(p.numel() * p.element_size() for p in encode("w", w)[0].values())
             assert stored <= w.numel() * 4 / 8 + 16 * 4  # 4-bit indices + codebook
-    for name in ("u4", "ws16"):
+    # uniform: b-bit codes beside the weight_scale buffer; k-means: a 16-entry codebook
+    for name, fmt in (("u4", "scaled_codes"), ("ws16", "codebook")):
         entry = specs[name]["features.1.conv.weight"]
-        assert entry["format"] == "codebook" and entry["bits"] == 4
+        assert entry["format"] == fmt and entry["bits"] == 4
         assert sizes[name] < 0.25 * sizes["fp32"]  # BN, neuron and spec bytes stay float
 
 

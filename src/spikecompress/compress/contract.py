@@ -61,18 +61,23 @@ def _train_steps(
     batches = (b for _ in range(steps) for b in data.train)
     for step, (x_seq, y) in zip(range(steps), batches, strict=False):
         model.train()
-        out = model(x_seq)
-        loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        if session.has_train_step:  # the method trains the model itself (integer-only training)
+            session.train_step(x_seq, y)
+        else:
+            out = model(x_seq)
+            loss = F.cross_entropy(out.mean(0), y) + session.loss(x_seq, out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         session.after_step(progress=(step + 1) / steps, epoch=step // per_epoch)
         reset_state(model)
 
 
 def check_method(method_cls: type, model: nn.Module, data, steps: int = 3) -> nn.Module:
     """Run the contract on a fresh ``method_cls()`` (its defaults) and ``model``; raise
-    AssertionError naming the broken clause. Returns the finalized model."""
+    AssertionError naming the broken clause. Returns the finalized model. A method whose class
+    lists the model's family in ``REFUSES`` must instead refuse it at attach: a one-line
+    ValueError naming the module it cannot handle."""
 
     method = method_cls()
     target = Target.of(method, model)
@@ -83,6 +88,15 @@ def check_method(method_cls: type, model: nn.Module, data, steps: int = 3) -> nn
     x_seq = next(iter(data.test))[0]
     shape = model(x_seq).shape
     reset_state(model)
+    family = getattr(model, "spec", {}).get("name")
+    if family in getattr(method_cls, "REFUSES", ()):  # e.g. integer methods vs residual nets
+        try:
+            attach(model, [method])
+        except ValueError as e:
+            _require("\n" not in str(e) and ":" in str(e),
+                     f"{spec['name']}: the refusal of {family} must be one line naming a module")
+            return model
+        raise AssertionError(f"{spec['name']}: declares it refuses {family} but attached")
     session = attach(model, [method])
     _train_steps(model, session, data, steps)
     model = session.finalize().eval()

@@ -46,11 +46,16 @@ def _one_line(msg: object) -> str:
 
 
 def encode_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """Encode every tensor in its smallest exact format → (safetensors pieces, spec entries)."""
+    """Encode every tensor in its smallest exact format → (safetensors pieces, spec entries).
+
+    A tensor whose ``<key>_scale`` is in ``state`` may be stored as integer codes times that
+    scale (``codec.SCALED_FORMATS``), unless the scale has a scale of its own (no chains)."""
     pieces: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     for key, tensor in state.items():
-        p, entries[key] = codec.encode(key, tensor)
+        ref = codec.scale_key(key)
+        scale = (ref, state[ref]) if ref in state and codec.scale_key(ref) not in state else None
+        p, entries[key] = codec.encode(key, tensor, scale=scale)
         clash = set(p) & set(pieces)
         if clash:
             raise ValueError(f"state_dict key {key!r} clashes with stored tensor {clash.pop()!r}")
@@ -153,7 +158,7 @@ def _check_doc(doc: object, file: Path) -> dict:
                                 f"{doc[key]!r:.60}")
     _check_values(doc, file)
     for key, entry in doc["tensors"].items():
-        problem = codec.entry_problem(entry)
+        problem = codec.entry_problem(entry, doc["tensors"])
         if problem is not None:
             field, what = problem
             name = f"tensors.{key}.{field}" if field else f"tensors.{key}"
@@ -214,14 +219,16 @@ def read_state_dict(path: str | Path, doc: dict | None = None) -> dict[str, torc
     path = Path(path)
     doc = read_spec(path) if doc is None else doc
     pieces = _read_pieces(path, doc)
-    state = {}
-    for key, entry in doc["tensors"].items():
+    tensors, state = doc["tensors"], {}
+    # the scales first: a scaled entry's scale is stored without a scale of its own (spec check)
+    for key in sorted(tensors, key=lambda k: codec.is_scaled(tensors[k])):
+        entry = tensors[key] if isinstance(tensors[key], dict) else {}
         try:
-            state[key] = codec.decode(key, entry if isinstance(entry, dict) else {}, pieces)
+            state[key] = codec.decode(key, entry, pieces, scale=state.get(codec.scale_ref(entry)))
         except ValueError as e:
             raise ArtifactError(f"corrupt artifact file {path / SPEC_FILE}: does not match "
                                 f"{TENSOR_FILE}: {_one_line(e)}") from None
-    return state
+    return {key: state[key] for key in tensors}
 
 
 def _check_fits(model: nn.Module, state: dict, file: Path) -> None:

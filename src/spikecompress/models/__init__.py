@@ -21,6 +21,7 @@ import inspect
 
 from torch import nn
 
+from spikecompress.models.bn_fold import install_folded_bn_
 from spikecompress.models.common import Network
 from spikecompress.models.conv1d_net import conv1d_net
 from spikecompress.models.conv_net import conv_net
@@ -44,6 +45,7 @@ MODELS = {
 # structure (its tensors then live in the state_dict) and writes ``model.spec[key] = config``.
 # ``from_spec`` builds the network from the other keys, then runs these installers.
 EXTRAS: dict = {
+    "folded_bn": install_folded_bn_,
     "exit_policy": install_exit_policy_,
     "time_stages": install_time_stages_,
 }

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from spikecompress.snn.quantized import conv_forward, linear_forward
+
 
 def check_x_seq(
     x_seq: torch.Tensor, expected: str, min_dim: int, max_dim: int | None = None
@@ -50,17 +52,28 @@ def _seq_forward(
     return seq_apply(lambda x: base.forward(layer, x), x_seq)
 
 
+def _on_grid(layer: nn.Module) -> bool:
+    """True for a quantized layer that computes on the integer grid (``snn.quantized``)."""
+    return getattr(layer, "input_scale", None) is not None
+
+
 class Conv1d(nn.Conv1d):
-    """``nn.Conv1d`` over [T, B, C, L]."""
+    """``nn.Conv1d`` over [T, B, C, L] (on the integer grid when quantized: ``snn.quantized``)."""
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if _on_grid(self):
+            check_x_seq(x_seq, "[T, B, C, L]", min_dim=4, max_dim=4)
+            return seq_apply(lambda x: conv_forward(self, x), x_seq)
         return _seq_forward(self, nn.Conv1d, x_seq, "[T, B, C, L]", 4)
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` over [T, B, C, H, W]."""
+    """``nn.Conv2d`` over [T, B, C, H, W] (on the integer grid when quantized)."""
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if _on_grid(self):
+            check_x_seq(x_seq, "[T, B, C, H, W]", min_dim=5, max_dim=5)
+            return seq_apply(lambda x: conv_forward(self, x), x_seq)
         return _seq_forward(self, nn.Conv2d, x_seq, "[T, B, C, H, W]", 5)
 
 
@@ -80,11 +93,12 @@ class BatchNorm2d(nn.BatchNorm2d):
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` over [T, B, F] (any leading dimensions, as torch)."""
+    """``nn.Linear`` over [T, B, F] (any leading dimensions, as torch; on the integer grid when
+    quantized)."""
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         check_x_seq(x_seq, "[T, B, F]", min_dim=3)
-        return super().forward(x_seq)
+        return linear_forward(self, x_seq) if _on_grid(self) else super().forward(x_seq)
 
 
 class MaxPool1d(nn.MaxPool1d):

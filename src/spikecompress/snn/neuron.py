@@ -30,6 +30,7 @@ from torch import nn
 from spikecompress.snn import dynamics
 from spikecompress.snn.dynamics import Reset
 from spikecompress.snn.layers import check_x_seq
+from spikecompress.snn.quantized import LAYER_BUFFERS, NEURON_BUFFERS, run_quantized
 from spikecompress.snn.surrogate import ATan, Surrogate
 
 
@@ -59,6 +60,8 @@ def _run(module: nn.Module, x_seq: torch.Tensor, k, a) -> torch.Tensor:
     check_x_seq(x_seq, "[T, B, ...]", min_dim=2)
     x0 = x_seq[0]
     k = k if module.leak is None else module.leak
+    if getattr(module, "membrane_bits", None) is not None:  # integer membrane: snn.quantized
+        return _masked(module, run_quantized(module, x_seq, k, a, module.v_threshold), x0)
     v_th = _per_channel(module.v_threshold, x0)
     k, a = _per_channel(k, x0), _per_channel(a, x0)
     v0 = module.v
@@ -94,14 +97,18 @@ def set_spike_mask_(neuron: nn.Module, mask: torch.Tensor | None) -> None:
     neuron.spike_mask = mask
 
 
+OPTIONAL_BUFFERS = ("spike_mask", "leak", *NEURON_BUFFERS, *LAYER_BUFFERS)
+
+
 def add_optional_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Create the ``spike_mask`` and ``leak`` buffers that ``state`` holds (so
-    ``load_state_dict`` fits)."""
+    """Create the optional buffers that ``state`` holds (``spike_mask``, ``leak`` and the
+    quantization buffers of ``snn.quantized``) so that ``load_state_dict`` fits."""
     modules = dict(model.named_modules())
     for key, value in state.items():
         owner, _, leaf = key.rpartition(".")
-        if leaf in ("spike_mask", "leak") and getattr(modules.get(owner), leaf, 0) is None:
-            modules[owner].register_buffer(leaf, torch.ones_like(value))
+        module = modules.get(owner)
+        if leaf in OPTIONAL_BUFFERS and module is not None and getattr(module, leaf, None) is None:
+            module.register_buffer(leaf, torch.ones_like(value))
 
 
 def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
