@@ -273,6 +273,7 @@ FAST = {
     "magnitude": {"sparsity": 0.5, "schedule": "cubic"},
     "weight_sharing": {"clusters": 4},
     "admm": {"sparsity": 0.5, "admm_until": 0.5, "update_every": 1},
+    "admm_quant": {"weight_bits": 2, "admm_until": 0.5, "update_every": 1},
     "esl": {"sparsity": 0.5, "rewire": {"update_every": 1}},
     "gradr": {"sparsity": 0.9},
     "stds": {"sparsity": 0.5},

@@ -29,6 +29,7 @@ from spikecompress.train import TrainConfig, Trainer
 
 if TYPE_CHECKING:  # the names below are real imports for type checkers and completion
     from spikecompress.compress import METHODS, Session, attach
+    from spikecompress.export import to_integer
     from spikecompress.run import Recipe, Stage, load_recipe, run_recipe
 
 _ON_FIRST_USE = {
@@ -39,6 +40,7 @@ _ON_FIRST_USE = {
     "Stage": "spikecompress.run",
     "load_recipe": "spikecompress.run",
     "run_recipe": "spikecompress.run",
+    "to_integer": "spikecompress.export",
 }
 
 
@@ -59,5 +61,5 @@ __all__ = [
     "IF", "LIF", "METHODS", "MODELS", "PLIF", "Data", "DataConfig", "Metrics", "Recipe",
     "Session", "Stage", "TrainConfig", "Trainer", "__version__", "attach", "build", "count",
     "encode", "evaluate", "from_spec", "load", "load_data", "load_recipe", "measure",
-    "reset_state", "run_recipe", "save",
+    "reset_state", "run_recipe", "save", "to_integer",
 ]

@@ -21,6 +21,10 @@ from spikecompress.compress.prune.sdsnn import SDSNN
 from spikecompress.compress.prune.slimming import NetworkSlimming
 from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
 from spikecompress.compress.prune.stds import STDS
+from spikecompress.compress.quant.admm_quant import ADMMQuantization
+from spikecompress.compress.quant.binary import BinaryWeights
+from spikecompress.compress.quant.istbp import IntegerSTBP
+from spikecompress.compress.quant.mint import MINT
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 from spikecompress.compress.registry import METHODS
@@ -57,6 +61,10 @@ __all__ = [
     "Session",
     "TemporalPruning",
     "UniformQuantization",
+    "ADMMQuantization",
+    "BinaryWeights",
+    "IntegerSTBP",
+    "MINT",
     "WeightSharing",
     "attach",
     "bake_",

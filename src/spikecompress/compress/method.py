@@ -10,6 +10,8 @@ callable whose name looks like a misspelt hook):
     loss(model, x_seq, out_seq, ctx)   a term added to the task loss at every step
     after_step(model, ctx)             after each optimizer step (schedules run on ctx.progress)
     finalize(model, ctx) -> model      bake the result into a plain module
+    train_step(model, x_seq, y, ctx)   replaces the loop's float forward / backward / optimizer
+                                       step for a batch (a method that trains the model itself)
 
 ``KIND`` (a class attribute) places the method in the Session's fixed finalize order:
 "channels" → "masks" → "quant" → "time"; "loss"-only methods finalize last and change nothing.
@@ -77,8 +79,14 @@ class Method(Protocol):
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
         """Bake the result into a plain module and return it."""
 
+    def train_step(
+        self, model: nn.Module, x_seq: torch.Tensor, y: torch.Tensor, ctx: Context
+    ) -> tuple[float, torch.Tensor]:
+        """Replaces the loop's float forward / backward / optimizer step for this batch; returns
+        (the loss as a Python float for logging, out_seq [T, B, classes] for accuracy)."""
 
-HOOKS = ("attach", "param_groups", "loss", "after_step", "finalize")
+
+HOOKS = ("attach", "param_groups", "loss", "after_step", "finalize", "train_step")
 
 
 def hook(method: object, name: str):

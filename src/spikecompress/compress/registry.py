@@ -15,6 +15,10 @@ from spikecompress.compress.prune.sdsnn import SDSNN
 from spikecompress.compress.prune.slimming import NetworkSlimming
 from spikecompress.compress.prune.sops_aware import SOPsAwarePruning
 from spikecompress.compress.prune.stds import STDS
+from spikecompress.compress.quant.admm_quant import ADMMQuantization
+from spikecompress.compress.quant.binary import BinaryWeights
+from spikecompress.compress.quant.istbp import IntegerSTBP
+from spikecompress.compress.quant.mint import MINT
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 from spikecompress.compress.temporal.ann_conversion import ANNConversion
@@ -37,7 +41,11 @@ METHODS = {
     "l1_filter": L1FilterPruning,
     "sdsnn": SDSNN,
     "uniform_quant": UniformQuantization,
+    "istbp": IntegerSTBP,
+    "admm_quant": ADMMQuantization,
+    "mint": MINT,
     "weight_sharing": WeightSharing,
+    "binary": BinaryWeights,
     "temporal_pruning": TemporalPruning,
     "ann_conversion": ANNConversion,
     "ssnn": SSNN,

@@ -120,6 +120,22 @@ class Session:
                 total = total + fn(self.model, x_seq, out_seq, self.ctx)
         return total
 
+    @property
+    def has_train_step(self) -> bool:
+        """Whether a method trains the model itself (``train_step``): the loop then calls
+        ``train_step`` in place of its own forward, backward and optimizer step."""
+        return any(hook(m, "train_step") is not None for m in self.methods)
+
+    def train_step(self, x_seq: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """One training step by the method that defines ``train_step`` (in place of the loop's
+        forward / backward / optimizer step): (loss as a float, out_seq [T, B, classes]). The
+        loop still calls ``after_step`` and ``reset_state`` afterwards."""
+        self.ctx.y = y
+        for m in self.methods:
+            if (fn := hook(m, "train_step")) is not None:
+                return fn(self.model, x_seq, y, self.ctx)
+        raise RuntimeError("no attached method defines train_step (see Session.has_train_step)")
+
     def after_step(self, progress: float, epoch: int | None = None) -> None:
         """Advance: set ``ctx.progress`` (in [0, 1]) and the step count, then run the hooks."""
         if not 0 <= progress <= 1 + 1e-9:
@@ -181,6 +197,14 @@ def _check(methods: Sequence[object]) -> None:
     twice = [n for n, c in names.items() if c > 1]
     if twice:
         raise ValueError(f"method {twice[0]!r} is attached twice; give it one configuration")
+    steppers = [method_name(m) for m in methods if hook(m, "train_step") is not None]
+    if len(steppers) > 1:
+        raise ValueError(f"{' and '.join(steppers)} both train the model themselves "
+                         f"(train_step); attach one of them per stage")
+    if steppers and len(methods) > 1:  # its own step would skip the others' losses and groups
+        others = [method_name(m) for m in methods if method_name(m) != steppers[0]]
+        raise ValueError(f"{steppers[0]} trains the model itself (train_step) and cannot be "
+                         f"combined with {', '.join(others)}; attach it alone")
     for kind in _EXCLUSIVE:
         same = [method_name(m) for m in methods if m.KIND == kind]
         if len(same) > 1:

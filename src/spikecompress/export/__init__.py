@@ -3,6 +3,8 @@
     path = save(model, "runs/a/artifact", meta={"T": 4})
     model = load(path)              # bit-exact, eval mode
     size_bytes(path)                # measured on disk
+    program = to_integer(model)     # the integer SNN of a finalized quantized model
+    save_integer(program, path); program = load_integer(path)
 """
 
 from spikecompress.export.artifact import (
@@ -13,5 +15,9 @@ from spikecompress.export.artifact import (
     save,
     size_bytes,
 )
+from spikecompress.export.integer import IntegerSNN, load_integer, save_integer, to_integer
 
-__all__ = ["ArtifactError", "load", "read_spec", "read_state_dict", "save", "size_bytes"]
+__all__ = [
+    "ArtifactError", "IntegerSNN", "load", "load_integer", "read_spec", "read_state_dict", "save",
+    "save_integer", "size_bytes", "to_integer",
+]

@@ -1,4 +1,4 @@
-"""The fake-quant forward of integer-lowerable layers and neurons: the integer program, run in float.
+"""The fake-quant forward of integer-lowerable layers and neurons: the integer program in float.
 
 A model whose layers and neurons carry the buffers below computes exactly what its integer form
 (``spikecompress.export.integer``) computes, by construction: every value that the integer

@@ -4,7 +4,9 @@ It trains a model on ``Data`` loaders with a ``TrainConfig``, evaluates after ev
 rich progress bar, and checkpoints atomically into ``out_dir`` so a killed run resumes and ends with
 the same weights as an uninterrupted one. A compression ``Session``
 (``spikecompress.compress.attach``) rides along: the Trainer calls ``param_groups``, ``bind``,
-``loss``, ``after_step`` and ``state_dict`` / ``load_state_dict``, nothing method-specific.
+``loss``, ``after_step`` and ``state_dict`` / ``load_state_dict``, nothing method-specific; a
+method that trains the model itself (``Session.has_train_step``, e.g. integer-only training)
+replaces the forward / backward / optimizer step of each batch with ``Session.train_step``.
 Distributed-ready: the data shard and seed come from ``rank``/``world_size``, and only rank 0
 logs and writes.
 """
@@ -125,6 +127,23 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _train_step(self, x_seq: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        if self.session is not None and self.session.has_train_step:
+            loss, out_seq = self.session.train_step(x_seq, y)  # lr: ctx.lr_at (Session.bind)
+        else:
+            loss, out_seq = self._float_step(x_seq, y)
+        self.step += 1
+        if self.session is not None:
+            self.session.after_step(
+                progress=self.step / max(self.total_steps, 1),
+                epoch=(self.step - 1) // max(self.steps_per_epoch, 1),
+            )
+        reset_state(self.model)
+        acc = (out_seq.detach().float().mean(0).argmax(1) == y).float().mean().item()
+        return loss, acc
+
+    def _float_step(self, x_seq: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The loop's own step: forward, task loss (+ the session's terms), backward, optimizer
+        step; returns (loss, out_seq)."""
         lr = self._lr_at(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
@@ -137,15 +156,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.step += 1
-        if self.session is not None:
-            self.session.after_step(
-                progress=self.step / max(self.total_steps, 1),
-                epoch=(self.step - 1) // max(self.steps_per_epoch, 1),
-            )
-        reset_state(self.model)
-        acc = (out_seq.detach().float().mean(0).argmax(1) == y).float().mean().item()
-        return loss.item(), acc
+        return loss.item(), out_seq
 
     def _lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (a pure function of it)."""

@@ -1,0 +1,172 @@
+"""Binary weights with and without weight-threshold balancing: per-layer firing rates, accuracy and
+bytes of the fp32 SNN, the ``binary`` QAT model before and after its balanced finalize, a naive
+binarization (sign(W) of the same trained weights, thresholds and BN left unchanged) and
+``uniform_quant`` at 1 bit per channel (the same QAT, float ±s weights kept).
+
+    python benchmarks/binary_balance.py                        # digits, ~1.5 min on 1 thread
+    python benchmarks/binary_balance.py --task mnist1d --dense runs/binary/stages/0-dense/artifact
+
+``--task digits``: scikit-learn digits, conv_net [16, 32, 64], T = 4, dense 12 epochs Adam lr 5e-3
+(as recipes/magnitude_qat.yaml); ``--task mnist1d``: MNIST-1D, conv1d_net [64, 64, 64], T = 4,
+dense 60 epochs lr 2e-3 (recipes/binary.yaml) unless ``--dense`` gives a trained artifact. Both
+fine-tunes: ``--epochs`` (default 8) epochs of Adam lr 1e-3, cosine, seed 0, one thread. Each run
+writes runs/bench_binary/<task>.json; then the table (docs/benchmarks_binary.md) and the figure
+(docs/binary_balance.png) are rendered from every JSON there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spikecompress.compress import METHODS, attach
+from spikecompress.compress.quant.binary import naive_sign_
+from spikecompress.data import DataConfig, load_data
+from spikecompress.export import load
+from spikecompress.measurement import measure
+from spikecompress.measurement.accuracy import evaluate
+from spikecompress.models import from_spec
+from spikecompress.run.commands import model_spec_for
+from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
+
+ROOT = Path("runs/bench_binary")
+TASKS = {  # data, model, widths, dense epochs, dense lr
+    "digits": (dict(name="digits", T=4, batch_size=64), "conv_net", [16, 32, 64], 12, 5e-3),
+    "mnist1d": (dict(name="mnist1d", T=4, batch_size=64), "conv1d_net", [64] * 3, 60, 2e-3),
+}
+VARIANTS = ("fp32", "uniform 1-bit", "binary QAT", "binary balanced", "naive sign(W)")
+
+
+def _row(model, data, bytes_too: bool = True) -> dict:
+    """Accuracy, bytes on disk, per-layer firing rates (spikes per neuron per step, test set)."""
+    ev = evaluate(model, data.test)
+    row = {"accuracy": ev["accuracy"],
+           "rates": {k: v["firing_rate"] for k, v in ev["layers"].items()}}
+    if bytes_too:
+        m = measure(model, data, latency_repeats=1)
+        row |= {"size_bytes": m.size_bytes, "weight_bits": m.weight_bits}
+    return row
+
+
+def _fine_tune(model, method, data, epochs: int, seed: int):
+    seed_everything(seed)
+    session = attach(model, [method])
+    cfg = TrainConfig(epochs=epochs, lr=1e-3, seed=seed)
+    Trainer(model, data, cfg, session=session, verbose=False).fit()
+    return session
+
+
+def run(task: str, dense_path: str | None, epochs: int, seed: int) -> dict:
+    data_kw, model_name, widths, dense_epochs, lr = TASKS[task]
+    data = load_data(DataConfig(**data_kw, seed=seed))
+    t0 = time.perf_counter()
+    if dense_path:
+        dense = load(dense_path)
+    else:
+        seed_everything(seed)
+        dense = from_spec(model_spec_for(model_name, data, widths, "lif", True))
+        Trainer(dense, data, TrainConfig(epochs=dense_epochs, lr=lr, seed=seed),
+                verbose=False).fit()
+    state = {k: v.clone() for k, v in dense.state_dict().items()}
+    rows = {"fp32": _row(dense.eval(), data)}
+
+    model = from_spec(dense.spec)
+    model.load_state_dict(state)
+    method = METHODS["binary"]()
+    session = _fine_tune(model, method, data, epochs, seed)
+    rows["binary QAT"] = _row(model.eval(), data, bytes_too=False)
+    twin = from_spec(model.spec)  # naive: the same trained weights, nothing rebalanced
+    attach(twin, [METHODS["binary"]()])
+    twin.load_state_dict(model.state_dict())
+    rows["naive sign(W)"] = _row(naive_sign_(twin, method.targets_).eval(), data)
+    rows["binary balanced"] = _row(session.finalize().eval(), data)
+
+    uniform = from_spec(dense.spec)  # the same layers, the same fine-tune, ±s float weights
+    uniform.load_state_dict(state)
+    session = _fine_tune(uniform, METHODS["uniform_quant"](
+        weight_bits=1, per_channel=True, include=method.targets_), data, epochs, seed)
+    rows["uniform 1-bit"] = _row(session.finalize().eval(), data)
+    out = {"task": task, "dense": dense_path or f"trained here, {dense_epochs} epochs",
+           "epochs": epochs, "seed": seed, "threads": torch.get_num_threads(),
+           "binarized": method.targets_, "wall_s": time.perf_counter() - t0,
+           "command": "python " + " ".join(sys.argv), "rows": rows}
+    ROOT.mkdir(parents=True, exist_ok=True)
+    (ROOT / f"{task}.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def table(runs: list[dict], out: Path) -> None:
+    lines = ["# Binary weights: weight-threshold balancing vs naive sign(W)", "",
+             "Generated by `benchmarks/binary_balance.py` (seed 0, 1 thread). Firing rate = spikes "
+             "per neuron per time step on the test set. *binary QAT* is the trained model before "
+             "finalize (weights α·sign(W) in float); *binary balanced* is the finalized `binary` "
+             "model (weights ±1, scales in the thresholds / BN shifts); *naive sign(W)* takes the "
+             "same trained weights to ±1 and leaves thresholds and BN as they are; *uniform "
+             "1-bit* is `uniform_quant` (weight_bits 1, per channel) on the same layers, "
+             "fine-tuned the same way. The mnist1d rows take the dense stage of `spikecompress "
+             "run binary --out runs/binary --threads 1` (recipes/binary.yaml, seed 0).", ""]
+    for r in runs:
+        layers = list(r["rows"]["fp32"]["rates"])
+        lines += [f"## {r['task']}", "", f"Command: `{r['command']}` ({r['wall_s']:.0f} s; dense: "
+                  f"{r['dense']}; fine-tune {r['epochs']} epochs; binarized: "
+                  f"{', '.join(r['binarized'])}).", "",
+                  "| variant | accuracy % | bytes | " + " | ".join(
+                      f"rate {n.removesuffix('.act')}" for n in layers) + " |",
+                  "|---|---|---|" + "---|" * len(layers)]
+        for v in VARIANTS:
+            row = r["rows"][v]
+            size = f"{row['size_bytes']:,}" if "size_bytes" in row else "(as balanced)"
+            lines.append(f"| {v} | {100 * row['accuracy']:.2f} | {size} | " + " | ".join(
+                f"{row['rates'][n]:.4f}" for n in layers) + " |")
+        lines.append("")
+    out.write_text("\n".join(lines))
+    _plot(runs, out.parent / "binary_balance.png")
+    print("\n".join(lines))
+
+
+def _plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("fp32", "binary QAT", "binary balanced", "naive sign(W)")
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    for ax, r in zip(axes[0], runs, strict=True):
+        layers = list(r["rows"]["fp32"]["rates"])
+        width = 0.8 / len(shown)
+        for i, v in enumerate(shown):
+            row = r["rows"][v]
+            xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(layers))]
+            ax.bar(xs, [row["rates"][n] for n in layers], width,
+                   label=f"{v} ({100 * row['accuracy']:.1f} %)")
+        ax.set_xticks(range(len(layers)), [n.removesuffix(".act") for n in layers])
+        ax.set_ylabel("firing rate (spikes / neuron / step)")
+        ax.set_title(f"{r['task']}: per-layer firing rates")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=sorted(TASKS), default="digits")
+    ap.add_argument("--dense", default=None, help="a trained dense artifact of the task's model")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="docs/benchmarks_binary.md")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    run(args.task, args.dense, args.epochs, args.seed)
+    runs = [json.loads(f.read_text()) for f in sorted(ROOT.glob("*.json"))]
+    table(runs, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
