@@ -274,6 +274,7 @@ FAST = {
     "weight_sharing": {"clusters": 4},
     "admm": {"sparsity": 0.5, "admm_until": 0.5, "update_every": 1},
     "admm_quant": {"weight_bits": 2, "admm_until": 0.5, "update_every": 1},
+    "uniform_quant": {"weight_bits": 4, "scale": "lsq", "membrane_bits": 4},
     "esl": {"sparsity": 0.5, "rewire": {"update_every": 1}},
     "gradr": {"sparsity": 0.9},
     "stds": {"sparsity": 0.5},
@@ -324,7 +325,7 @@ def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tensors, meta = load_checkpoint(stage)
     assert meta["step"] == 2  # the method state is in the checkpoint: buffers or session fields
     assert any(".parametrizations." in k or k.startswith("session.") or k.endswith(".leak")
-               or k.startswith("model.ssnn_heads.") for k in tensors)
+               or k.startswith("model.ssnn_heads.") or ".weight_quant." in k for k in tensors)
     if methods[0]["name"] == "magnitude":  # the masks in the checkpoint are partly zero already
         masks = [k for k in tensors if k.endswith("parametrizations.weight.0.mask")]
         assert masks and any(not tensors[k].all() for k in masks)

@@ -111,7 +111,9 @@ def _add_folder_parsers(sub) -> None:
     )
     p.add_argument("--data", default=None, help="dataset or FILE.npz (default: as recorded)")
     p.add_argument("--T", type=int, default=None, help="time steps (default: as recorded)")
-    p.add_argument("--profile", default="45nm", help="energy profile, e.g. 45nm-int8")
+    p.add_argument("--profile", default=None,
+                   help="energy profile, e.g. 45nm-int8 (default: 45nm-int8 for a model on the "
+                        "integer grid, else 45nm)")
     p.add_argument(
         "--out", default=None,
         help="metrics file, merged with what it holds (default: <path>/metrics.json; "

@@ -325,3 +325,23 @@ def test_integer_snn_gives_the_fake_quant_spikes_and_logits_bit_for_bit(case, tm
     assert sum(int(s.sum()) for s in seen) > 0
     save_integer(program, tmp_path)
     assert torch.equal(load_integer(tmp_path).logits(x), logits)
+
+
+def test_measure_reports_the_integer_membrane_and_uses_the_int8_profile():
+    from spikecompress.data import DataConfig, load_data
+    from spikecompress.measurement import measure
+    data = load_data(DataConfig(name="digits", T=2, batch_size=64, limit=64))
+    results = {}
+    for bits in (8, 2):
+        torch.manual_seed(0)
+        model = build("mlp", in_features=64, classes=10, widths=[16])
+        x, y = next(iter(data.train))
+        session = _train(model, attach(model, [UniformQuantization(membrane_bits=bits)]), x, y,
+                         steps=1)
+        results[bits] = measure(session.finalize().eval(), data, latency_repeats=1)
+    m8, m2 = results[8], results[2]
+    assert (m8.membrane_bits, m2.membrane_bits) == (8, 2)
+    assert m8.profile == m2.profile == "45nm-int8"
+    assert m8.weight_bits == 4
+    # L1 counts membrane reads and writes at b_u bits: fewer bits, less memory energy
+    assert m2.energy_pj_per_sample["L1"] < m8.energy_pj_per_sample["L1"]

@@ -58,6 +58,7 @@ class Metrics:
     layers: dict
     size_breakdown: dict
     neurobench: dict
+    membrane_bits: int | None = None  # an integer membrane's widest bits (None: float membrane)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,7 +179,7 @@ def _neurobench(t: dict, last: Counts) -> dict:
 def measure(
     model: nn.Module,
     data,
-    profile: str = "45nm",
+    profile: str | None = None,
     artifact: str | Path | None = None,
     membrane_bits: int | None = None,
     static_input_once: bool = False,
@@ -188,9 +189,15 @@ def measure(
 
     ``artifact``: this model's saved artifact folder, whose files are sized (default: the model is
     saved to a temporary folder and that is sized);
-    ``membrane_bits``: the membrane width for L1 (default: the profile's op width).
+    ``membrane_bits``: the membrane width for L1 (default: the model's integer membrane, else the
+    profile's op width); ``profile``: an energy preset (default: "45nm-int8" for a model on the
+    integer grid, whose weights, accumulators and membranes are integers, else "45nm" fp32).
     """
-    prof = get_profile(profile)
+    int_bits = [int(m.membrane_bits) for m in model.modules()
+                if getattr(m, "membrane_bits", None) is not None]
+    integer = max(int_bits) if int_bits else None
+    membrane_bits = integer if membrane_bits is None else membrane_bits
+    prof = get_profile(profile or ("45nm-int8" if integer else "45nm"))
     acc, t, last, T = _accuracy_and_counts(model, data.test, static_input_once)
     disk, weight_bits, breakdown = _sized(model, artifact, T)
     steps = layer_steps_run(model, t, T)
@@ -222,4 +229,5 @@ def measure(
         layers=_layer_table(t, prof),
         size_breakdown=breakdown,
         neurobench=_neurobench(t, last),
+        membrane_bits=integer,
     )

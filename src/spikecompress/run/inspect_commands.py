@@ -74,7 +74,8 @@ def measure_run(args: argparse.Namespace) -> int:
     ``--data`` / ``--T`` differ from what the folder's model was trained on)."""
     set_threads(args.threads)
     path = Path(args.path)
-    get_profile(args.profile)  # an unknown profile is refused before anything is measured
+    if args.profile is not None:  # an unknown profile is refused before anything is measured
+        get_profile(args.profile)  # (None: measure picks the model's matching profile)
     if args.out:
         check_out_file(args.out, "--out")
     model, recorded, artifact = open_model(path)
