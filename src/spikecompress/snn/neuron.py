@@ -113,6 +113,9 @@ def add_optional_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
     """Single-step forward shared by the neurons: [B, ...] → spikes [B, ...]."""
+    if getattr(module, "membrane_bits", None) is not None:
+        raise ValueError(f"{type(module).__name__}: single_step does not run an integer membrane; "
+                         f"call the neuron on x_seq [T, B, ...] (or use sc.to_integer)")
     v_th = _per_channel(module.v_threshold, x)
     k = k if module.leak is None else module.leak
     k, a = _per_channel(k, x), _per_channel(a, x)

@@ -1,0 +1,129 @@
+"""Quantization side by side: every quantization method from one dense checkpoint, same budget.
+
+For a task (``mnist1d``: conv1d_net width 64; ``digits``: conv_net [16, 32, 64]; T = 4), one dense
+model (trained here, or ``--dense ARTIFACT``) is fine-tuned ``--epochs`` epochs (Adam, cosine,
+lr 1e-3, seed 0) under each configuration: ``uniform_quant`` (max-|W| vs learned LSQ scale, per
+tensor vs per channel) at weight bits 8/4/3/2/1 with a float membrane; weight 4 and 2 bits ×
+membrane 8/4/2 bits (integer grid); ``mint``; ``admm_quant``; ``binary``; ``istbp``;
+``weight_sharing``. Each row: accuracy, bytes on disk, L0/L1 energy per sample with the profile
+``measure`` picks (45nm-int8 for models on the integer grid, else 45nm fp32 — say which), and for
+every model that lowers, the share of test samples whose integer-SNN logits equal the model's bit
+for bit. Results stream to ``--out`` (JSON lines) so an interrupted run keeps its rows.
+
+    python benchmarks/quantization.py --task digits --out docs/quant_digits.jsonl
+    python benchmarks/quantization.py --task mnist1d --dense runs/x/stages/0-dense/artifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import spikecompress as sc
+from spikecompress.compress import METHODS
+from spikecompress.compress.session import attach
+from spikecompress.data import DataConfig, load_data
+from spikecompress.models import build
+from spikecompress.snn import reset_state
+from spikecompress.train import TrainConfig, Trainer
+
+TASKS = {
+    "mnist1d": ({"name": "conv1d_net", "in_channels": 1, "input_size": 40, "classes": 10,
+                 "widths": [64, 64, 64]}, 30, 2e-3),
+    "digits": ({"name": "conv_net", "in_channels": 1, "input_size": 8, "classes": 10,
+                "widths": [16, 32, 64]}, 12, 5e-3),
+}
+
+
+def configs() -> list[dict]:
+    rows = []
+    for bits in (8, 4, 3, 2, 1):
+        for scale in ("max", "lsq"):
+            for per_channel in (False, True):
+                rows.append({"name": "uniform_quant", "weight_bits": bits, "scale": scale,
+                             "per_channel": per_channel})
+    for bits in (4, 2):
+        for mbits in (8, 4, 2):
+            rows.append({"name": "uniform_quant", "weight_bits": bits, "scale": "lsq",
+                         "per_channel": True, "membrane_bits": mbits})
+    rows += [{"name": "mint", "weight_bits": 4, "membrane_bits": 4},
+             {"name": "mint", "weight_bits": 2, "membrane_bits": 2},
+             {"name": "mint", "weight_bits": 4, "membrane_bits": 2},
+             {"name": "admm_quant", "weight_bits": 4}, {"name": "admm_quant", "weight_bits": 2},
+             {"name": "binary"}, {"name": "istbp"}, {"name": "weight_sharing", "clusters": 16}]
+    return rows
+
+
+def agreement(model, data) -> float | None:
+    """Share of test samples whose integer-SNN logits equal the model's bit for bit."""
+    if not any(getattr(m, "membrane_bits", None) is not None for m in model.modules()):
+        return None
+    prog = sc.to_integer(model)
+    same = n = 0
+    for x, _ in data.test:
+        with torch.no_grad():
+            a = model(x)
+        reset_state(model)
+        b = prog.logits(x)
+        same += int((a == b).flatten(2).all(2).all(0).sum())  # [T, B, K] -> per sample
+        n += x.shape[1]
+    return same / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", choices=list(TASKS), default="digits")
+    ap.add_argument("--dense", default=None, help="a dense artifact to start from")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default=None, help="comma-separated method names")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    spec, dense_epochs, dense_lr = TASKS[args.task]
+    data = load_data(DataConfig(name=args.task, T=4, batch_size=64))
+    if args.dense:
+        dense = sc.load(args.dense)
+    else:
+        torch.manual_seed(0)
+        dense = build(**spec)
+        Trainer(dense, data, TrainConfig(epochs=dense_epochs, lr=dense_lr, seed=0),
+                verbose=False).fit()
+    out = Path(args.out or f"docs/quant_{args.task}.jsonl")
+    base = sc.measure(dense.eval(), data, latency_repeats=1)
+    rows = [{"config": {"name": "dense"}, "accuracy": base.accuracy, "bytes": base.size_bytes,
+             "L0": base.energy_pj_per_sample["L0"], "L1": base.energy_pj_per_sample["L1"],
+             "profile": base.profile, "integer_agreement": None}]
+    out.write_text(json.dumps(rows[0]) + "\n")
+    only = set(args.only.split(",")) if args.only else None
+    for cfg in configs():
+        if only and cfg["name"] not in only:
+            continue
+        torch.manual_seed(0)
+        model = copy.deepcopy(dense).train()
+        start = time.perf_counter()
+        try:
+            method = METHODS[cfg["name"]](**{k: v for k, v in cfg.items() if k != "name"})
+            session = attach(model, [method])
+            Trainer(model, data, TrainConfig(epochs=args.epochs, lr=1e-3, seed=0),
+                    session=session, verbose=False).fit()
+            model = session.finalize().eval()
+            m = sc.measure(model, data, latency_repeats=1)
+            row = {"config": cfg, "accuracy": m.accuracy, "bytes": m.size_bytes,
+                   "L0": m.energy_pj_per_sample["L0"], "L1": m.energy_pj_per_sample["L1"],
+                   "profile": m.profile, "integer_agreement": agreement(model, data)}
+        except (ValueError, RuntimeError) as e:
+            row = {"config": cfg, "error": str(e)}
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(row), flush=True)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
