@@ -8,7 +8,8 @@ from torch.nn.utils import parametrize
 from spikecompress.compress import attach, is_plain, select
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.prune.masks import mask_of
-from spikecompress.compress.quant.fake_quant import FakeQuant, quantize, quantize_codes
+from spikecompress.compress.quant.fake_quant import quantize, quantize_codes
+from spikecompress.compress.quant.quantizers import WeightQuantizer
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import (
     SharedWeights,
@@ -132,7 +133,7 @@ def test_ptq_changes_nothing_during_training_and_rounds_at_finalize():
 @pytest.mark.parametrize("bits", [1, 4])
 def test_fake_quant_value_is_exactly_on_the_grid(bits):
     w = torch.randn(64, 32, requires_grad=True)
-    out = FakeQuant(bits, per_channel=False)(w)
+    out = WeightQuantizer(w, bits)(w)
     assert torch.equal(out, quantize(w.detach(), bits, False))
     assert _distinct(out) <= (2 if bits == 1 else 2**bits - 1)
     assert not torch.signbit(out[out == 0]).any()

@@ -1,4 +1,4 @@
-"""Fake quantization of weights with a straight-through estimator (STE), as a parametrization.
+"""Fake-quantization primitives: max-|W| codes and scale, the straight-through estimator, baking.
 
 Symmetric narrow-range uniform quantizer (per tensor, as in Jacob et al., CVPR 2018), b bits,
 2 <= b <= 8::
@@ -10,10 +10,11 @@ per tensor or per output channel (dim 0), so a tensor holds at most 2^b − 1 di
 ``Ŵ = s · sign(W)`` with ``s`` the mean |W| of the non-zero weights (XNOR-Net's scaling, Rastegari
 et al., ECCV 2016; zeros stay 0, so a pruned binary layer is {−s, 0, +s}).
 
-Backward is the identity STE, ``dŴ/dW = 1`` (Bengio et al. 2013; with the max-abs scale nothing
-is clipped, so the clipped STE is the same). It is written ``Q(W).detach() + (W − W.detach())``
-rather than ``W + (Q(W) − W).detach()``: the second form rounds twice, which is exact only while
-Q(W) is within a factor 2 of W (Sterbenz); binary weights (W = 0.01, Q(W) = s) land a few ulp off
+The parametrization that trains through them (max, LSQ or least-squares scale) is
+``quantizers.WeightQuantizer``. Backward is the identity STE, ``dŴ/dW = 1`` (Bengio et al.
+2013; with the max-abs scale nothing is clipped, so the clipped STE is the same). It is written
+``Q(W).detach() + (W − W.detach())`` rather than ``W + (Q(W) − W).detach()``: the second form
+rounds twice, which is exact only while Q(W) is within a factor 2 of W (Sterbenz); binary weights (W = 0.01, Q(W) = s) land a few ulp off
 the grid, one more distinct value each. ``W − W.detach()`` is exactly +0, so the forward value is
 exactly Q(W) (and −0.0 becomes +0.0).
 """
@@ -67,20 +68,6 @@ def quantize(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
 def ste(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Forward value exactly ``q``, gradient passed to ``w`` unchanged (identity STE)."""
     return q.detach() + (w - w.detach())
-
-
-class FakeQuant(nn.Module):
-    """Parametrization ``W ↦ Q(W)`` forward, straight-through gradient (see the module docstring).
-
-    The scale follows the current weights (max |W| each forward), so no state is trained.
-    """
-
-    def __init__(self, bits: int, per_channel: bool) -> None:
-        super().__init__()
-        self.bits, self.per_channel = check_bits(bits), bool(per_channel)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return ste(w, quantize(w.detach(), self.bits, self.per_channel))
 
 
 @torch.no_grad()
