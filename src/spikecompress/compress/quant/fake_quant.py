@@ -11,12 +11,12 @@ per tensor or per output channel (dim 0), so a tensor holds at most 2^b − 1 di
 et al., ECCV 2016; zeros stay 0, so a pruned binary layer is {−s, 0, +s}).
 
 The parametrization that trains through them (max, LSQ or least-squares scale) is
-``quantizers.WeightQuantizer``. Backward is the identity STE, ``dŴ/dW = 1`` (Bengio et al.
-2013; with the max-abs scale nothing is clipped, so the clipped STE is the same). It is written
+``quantizers.WeightQuantizer``. Backward is the identity STE, ``dŴ/dW = 1`` (Bengio et al. 2013;
+with the max-abs scale nothing is clipped, so the clipped STE is the same). It is written
 ``Q(W).detach() + (W − W.detach())`` rather than ``W + (Q(W) − W).detach()``: the second form
-rounds twice, which is exact only while Q(W) is within a factor 2 of W (Sterbenz); binary weights (W = 0.01, Q(W) = s) land a few ulp off
-the grid, one more distinct value each. ``W − W.detach()`` is exactly +0, so the forward value is
-exactly Q(W) (and −0.0 becomes +0.0).
+rounds twice, which is exact only while Q(W) is within a factor 2 of W (Sterbenz); binary weights
+(W = 0.01, Q(W) = s) land a few ulp off the grid, one more distinct value each. ``W − W.detach()``
+is exactly +0, so the forward value is exactly Q(W) (and −0.0 becomes +0.0).
 """
 
 from __future__ import annotations
