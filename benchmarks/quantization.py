@@ -2,11 +2,14 @@
 
 For a task (``mnist1d``: conv1d_net width 64; ``digits``: conv_net [16, 32, 64]; T = 4), one dense
 model (trained here, or ``--dense ARTIFACT``) is fine-tuned ``--epochs`` epochs (Adam, cosine,
-lr 1e-3, seed 0) under each configuration: ``uniform_quant`` (max-|W| vs learned LSQ scale, per
-tensor vs per channel) at weight bits 8/4/3/2/1 with a float membrane; weight 4 and 2 bits ×
-membrane 8/4/2 bits (integer grid); ``mint``; ``admm_quant``; ``binary``; ``istbp``;
-``weight_sharing``. Each row: accuracy, bytes on disk, L0/L1 energy per sample with the profile
-``measure`` picks (45nm-int8 for models on the integer grid, else 45nm fp32 — say which), and for
+lr 1e-3, seed 0) under each configuration: ``uniform_quant`` at weight bits 8/4/3/2/1 with a
+float membrane (max-|W|, learned LSQ or least-squares scale, per tensor or per channel), and with
+the whole network on the integer grid at membrane bits 8/4/2 (its defaults: least-squares scale
+per channel), with and without 8-bit first and last layers; ``mint`` at weight × membrane bits
+8/4/2 × 8/4/2; ``admm_quant`` at 8/4/3/2 bits; ``weight_sharing`` at 256/16/8/4 clusters;
+``binary``; ``istbp``. Membrane bits apply to the methods that have them (``uniform_quant``,
+``mint``; ``istbp`` keeps its own 16-bit integer membrane). Each row: accuracy, bytes on
+disk, L0/L1 energy per sample with the profile ``measure`` picks (45nm-int8 for models on the integer grid, else 45nm fp32 — say which), and for
 every model that lowers, the share of test samples whose integer-SNN logits equal the model's bit
 for bit. Results stream to ``--out`` (JSON lines) so an interrupted run keeps its rows.
 
@@ -42,20 +45,24 @@ TASKS = {
 
 def configs() -> list[dict]:
     rows = []
-    for bits in (8, 4, 3, 2, 1):
-        for scale in ("max", "lsq"):
+    for bits in (8, 4, 3, 2, 1):  # weights only, float membrane: every scale choice
+        for scale in ("max", "lsq", "least_squares"):
             for per_channel in (False, True):
                 rows.append({"name": "uniform_quant", "weight_bits": bits, "scale": scale,
                              "per_channel": per_channel})
-    for bits in (4, 2):
+    for bits in (8, 4, 3, 2, 1):  # the whole network on the integer grid (defaults: LS per channel)
         for mbits in (8, 4, 2):
-            rows.append({"name": "uniform_quant", "weight_bits": bits, "scale": "lsq",
-                         "per_channel": True, "membrane_bits": mbits})
-    rows += [{"name": "mint", "weight_bits": 4, "membrane_bits": 4},
-             {"name": "mint", "weight_bits": 2, "membrane_bits": 2},
-             {"name": "mint", "weight_bits": 4, "membrane_bits": 2},
-             {"name": "admm_quant", "weight_bits": 4}, {"name": "admm_quant", "weight_bits": 2},
-             {"name": "binary"}, {"name": "istbp"}, {"name": "weight_sharing", "clusters": 16}]
+            rows.append({"name": "uniform_quant", "weight_bits": bits, "membrane_bits": mbits})
+    for bits in (2, 1):  # first and last layer at 8 bits
+        for mbits in (None, 4):
+            rows.append({"name": "uniform_quant", "weight_bits": bits, "edge_bits": 8,
+                         "membrane_bits": mbits})
+    for bits in (8, 4, 2):
+        for mbits in (8, 4, 2):
+            rows.append({"name": "mint", "weight_bits": bits, "membrane_bits": mbits})
+    rows += [{"name": "admm_quant", "weight_bits": b} for b in (8, 4, 3, 2)]
+    rows += [{"name": "weight_sharing", "clusters": k} for k in (256, 16, 8, 4)]
+    rows += [{"name": "binary"}, {"name": "istbp"}]
     return rows
 
 

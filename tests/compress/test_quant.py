@@ -9,7 +9,7 @@ from spikecompress.compress import attach, is_plain, select
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.prune.masks import mask_of
 from spikecompress.compress.quant.fake_quant import quantize, quantize_codes
-from spikecompress.compress.quant.quantizers import WeightQuantizer
+from spikecompress.compress.quant.quantizers import WeightQuantizer, least_squares_scale
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import (
     SharedWeights,
@@ -69,7 +69,7 @@ def _distinct(t):
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_qat_forward_is_quantized_and_gradient_is_straight_through(per_channel):
     model = _model()
-    attach(model, [UniformQuantization(weight_bits=3, per_channel=per_channel)])
+    attach(model, [UniformQuantization(weight_bits=3, per_channel=per_channel, scale="max")])
     for _, m in select(model):
         original = m.parametrizations.weight.original
         assert torch.equal(m.weight, quantize(original.detach(), 3, per_channel))
@@ -82,7 +82,8 @@ def test_qat_forward_is_quantized_and_gradient_is_straight_through(per_channel):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_finalized_uniform_weights_hold_at_most_2b_minus_1_values(bits):
     model = _model()
-    session = attach(model, [UniformQuantization(weight_bits=bits)])
+    session = attach(model, [UniformQuantization(weight_bits=bits, per_channel=False,
+                                                 scale="max")])
     _train(model, session)
     plain = session.finalize()
     assert is_plain(plain) and not any("parametrizations" in k for k in plain.state_dict())
@@ -109,7 +110,7 @@ def test_one_bit_gives_two_values_plus_and_minus_s():
     s = w.abs().mean()
     assert torch.allclose(q.unique(), torch.stack([-s, s]))
     model = _model()
-    session = attach(model, [UniformQuantization(weight_bits=1)])
+    session = attach(model, [UniformQuantization(weight_bits=1, per_channel=False)])
     _train(model, session)
     for _, m in select(session.finalize()):
         lo, hi = m.weight.unique()
@@ -118,7 +119,7 @@ def test_one_bit_gives_two_values_plus_and_minus_s():
 
 def test_ptq_changes_nothing_during_training_and_rounds_at_finalize():
     model, twin = _model(), _model()
-    method = UniformQuantization(weight_bits=4, mode="ptq")
+    method = UniformQuantization(weight_bits=4, mode="ptq", per_channel=False, scale="max")
     session = attach(model, [method])
     assert is_plain(model)
     _train(model, session)
@@ -141,8 +142,8 @@ def test_fake_quant_value_is_exactly_on_the_grid(bits):
 
 def test_artifact_bytes_shrink_to_about_b_over_32(tmp_path):
     sizes, specs = {}, {}
-    for name, methods in [("fp32", []), ("u4", [UniformQuantization(weight_bits=4)]),
-                          ("ws16", [WeightSharing(clusters=16)])]:
+    u4 = UniformQuantization(weight_bits=4, per_channel=False)
+    for name, methods in [("fp32", []), ("u4", [u4]), ("ws16", [WeightSharing(clusters=16)])]:
         model = _model((32, 64))
         session = attach(model, methods)
         _train(model, session, steps=2)
@@ -236,9 +237,10 @@ def test_weight_sharing_ptq_touches_nothing_until_finalize():
         assert torch.equal(m.weight, m2.weight) and _distinct(m.weight) <= 4
 
 
-@pytest.mark.parametrize("quant", [UniformQuantization(weight_bits=4),
-                                   UniformQuantization(weight_bits=1),
-                                   UniformQuantization(weight_bits=4, mode="ptq"),
+@pytest.mark.parametrize("quant", [UniformQuantization(weight_bits=4, per_channel=False),
+                                   UniformQuantization(weight_bits=1, per_channel=False),
+                                   UniformQuantization(weight_bits=4, mode="ptq", scale="max",
+                                                       per_channel=False),
                                    WeightSharing(clusters=4)], ids=repr)
 @pytest.mark.parametrize("quant_first", [False, True])
 def test_composition_with_magnitude_pruning_keeps_zeros(quant, quant_first):
@@ -267,6 +269,7 @@ def test_compression_ratio_matches_deep_compression_formula():
     (lambda: UniformQuantization(weight_bits=True), "weight_bits"),
     (lambda: UniformQuantization(per_channel="yes"), "per_channel"),
     (lambda: UniformQuantization(mode="int"), "mode"),
+    (lambda: UniformQuantization(edge_bits=0), "edge_bits"),
     (lambda: WeightSharing(clusters=1), "clusters"),
     (lambda: WeightSharing(clusters=257), "clusters"),
     (lambda: WeightSharing(mode="train"), "mode"),
@@ -274,3 +277,27 @@ def test_compression_ratio_matches_deep_compression_formula():
 def test_bad_fields_raise_value_error_naming_the_field(make, field):
     with pytest.raises(ValueError, match=field):
         make()
+
+
+@pytest.mark.parametrize("membrane_bits", [None, 4])
+def test_edge_bits_apply_to_the_first_and_last_layer_only(membrane_bits):
+    model = _model((4, 8, 8))
+    session = attach(model, [UniformQuantization(weight_bits=2, edge_bits=8, per_channel=False,
+                                                 scale="max", membrane_bits=membrane_bits)])
+    _train(model, session, steps=1)
+    layers = select(session.finalize())
+    for i, (_, m) in enumerate(layers):
+        codes = (m.weight / m.weight_scale).round()
+        top = int(codes.abs().max())
+        assert (top > 1) == (i in (0, len(layers) - 1))  # 8-bit edges use more than ternary
+        assert top <= (127 if i in (0, len(layers) - 1) else 1)
+
+
+def test_lsq_starts_from_the_least_squares_scale_or_the_papers_rule():
+    w = torch.randn(8, 27)
+    learned = WeightQuantizer(w, 4, per_channel=True, scale="lsq")
+    assert torch.equal(learned.scale.detach(), least_squares_scale(w, 4, True))
+    paper = WeightQuantizer(w, 4, per_channel=True, scale="lsq", lsq_init="paper")
+    assert torch.allclose(paper.scale.detach(), w.abs().mean(1) * 2 / 7 ** 0.5)
+    with pytest.raises(ValueError, match="lsq_init"):
+        WeightQuantizer(w, 4, scale="lsq", lsq_init="mean")

@@ -1,13 +1,10 @@
 """ADMM pruning: train towards a k-sparse copy Z with a scaled dual U, then hard-prune (Deng et al).
 
 Problem: min L(W) s.t. W_l ∈ S_l = {tensors with at most k_l non-zeros}, k_l = round((1 − p_l)·n_l).
-For the first ``admm_until`` fraction of the stage (the ADMM phase) the loss gets the coupling
-
-    "squared" (default, paper form):  (ρ/2) · Σ_l ‖R_l‖²_F   ∂/∂W_l = ρ R_l
-    "norm" (official MNIST script):    ρ · Σ_l ‖R_l‖_F       ∂/∂W_l = ρ R_l / ‖R_l‖_F
-                                       with the residual R_l = W_l − Z_l + U_l
-
-and every ``update_every`` optimizer steps (0: once per epoch, ``ctx.steps_per_epoch``):
+The scaled-form ADMM loop is ``compress/admm_core.py``'s (shared with ADMM quantization): for the
+first ``admm_until`` fraction of the stage (the ADMM phase) the loss gets the coupling
+"squared" (default, paper form) (ρ/2) Σ_l ‖W_l − Z_l + U_l‖²_F or "norm" (official MNIST script)
+ρ Σ_l ‖W_l − Z_l + U_l‖_F, and every ``update_every`` optimizer steps (0: once per epoch):
 
     Z-step  Z_l ← Proj_Sl(W_l + U_l)   keep the k_l largest |·| exactly (ties: lower flat index)
     U-step  U_l ← U_l + W_l − Z_l
@@ -51,11 +48,10 @@ import torch
 from torch import nn
 
 from spikecompress.compress.activity.penalty import SpikeRecorder, spike_rate_penalty
+from spikecompress.compress.admm_core import ADMMLoop
 from spikecompress.compress.method import Context, zero_loss
 from spikecompress.compress.prune.masks import set_mask_, topk_mask
 from spikecompress.compress.targets import select
-
-COUPLINGS = ("squared", "norm")
 
 
 def project(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,10 +60,11 @@ def project(t: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @dataclass
-class ADMMPruning:
+class ADMMPruning(ADMMLoop):
     """ADMM towards per-layer (or global) k-sparse weights, then hard pruning and masked retraining.
 
-    See the module docstring for the iteration, the coupling forms and the defaults' sources.
+    See the module docstring for the iteration, the coupling forms and the defaults' sources; the
+    Z / U loop and the coupling loss are ``ADMMLoop``'s, with the top-k projection ``_project``.
     """
 
     NAME: ClassVar[str] = "admm"
@@ -98,18 +95,7 @@ class ADMMPruning:
             raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
         if self.scope == "global" and isinstance(self.sparsity, dict):
             raise ValueError("sparsity: a per-layer mapping needs scope='layer'")
-        if not 0 <= self.rho < float("inf"):
-            raise ValueError(f"rho must be >= 0, got {self.rho}")
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {self.coupling!r}")
-        if not 0 < self.admm_until <= 1:
-            raise ValueError(f"admm_until must be in (0, 1], got {self.admm_until}")
-        if (
-            isinstance(self.update_every, bool)
-            or not isinstance(self.update_every, int)
-            or self.update_every < 0
-        ):
-            raise ValueError(f"update_every must be an int >= 0, got {self.update_every!r}")
+        self._check_admm_knobs()
         if not 0 <= self.activity < float("inf"):
             raise ValueError(f"activity must be >= 0, got {self.activity}")
 
@@ -120,10 +106,7 @@ class ADMMPruning:
         self.ks_ = [round((1 - self.layer_sparsity(n)) * m.weight.numel()) for n, m in picked]
         for m in self.targets_:
             set_mask_(m, torch.ones_like(m.weight))
-        with torch.no_grad():
-            ws = [m.weight.detach() for m in self.targets_]
-            self.z_ = [w * k for w, k in zip(ws, self._keep(ws), strict=True)]
-            self.u_ = [torch.zeros_like(w) for w in ws]
+        self._admm_start()
         self.pruned_ = False
         self.recorder_ = SpikeRecorder(model) if self.activity > 0 else None
 
@@ -140,12 +123,8 @@ class ADMMPruning:
 
     def after_step(self, model: nn.Module, ctx: Context) -> None:
         """Hard prune once ``ctx.progress ≥ admm_until``; before that, Z/U steps on schedule."""
-        if self.pruned_:
-            return
-        if ctx.progress >= self.admm_until:
-            self.hard_prune()
-        elif ctx.step % self._period(ctx) == 0:
-            self.admm_update()
+        if not self.pruned_:
+            self._admm_advance(ctx, self.hard_prune)
 
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
         """Hard prune if the stage ended inside the ADMM phase; drop the spike hooks. The Session
@@ -170,24 +149,6 @@ class ADMMPruning:
             raise ValueError(f"sparsity: no pattern matches layer {name!r}; add a 'default'")
         return float(self.sparsity[hits[0] if hits else "default"])
 
-    def coupling_loss(self) -> torch.Tensor:
-        """(ρ/2) Σ ‖W − Z + U‖² ("squared") or ρ Σ ‖W − Z + U‖_F ("norm"), differentiable in W."""
-        ws = [m.weight for m in self.targets_]
-        self._follow(ws[0].device)
-        res = [w - z + u for w, z, u in zip(ws, self.z_, self.u_, strict=True)]
-        if self.coupling == "squared":
-            return 0.5 * self.rho * sum(r.pow(2).sum() for r in res)
-        return self.rho * sum(torch.linalg.vector_norm(r) for r in res)
-
-    @torch.no_grad()
-    def admm_update(self) -> None:
-        """Z ← Proj(W + U), then U ← U + W − Z (the scaled dual accumulates the residual)."""
-        ws = [m.weight.detach() for m in self.targets_]
-        self._follow(ws[0].device)
-        v = [w + u for w, u in zip(ws, self.u_, strict=True)]
-        self.z_ = [t * k for t, k in zip(v, self._keep(v), strict=True)]
-        self.u_ = [u + w - z for u, w, z in zip(self.u_, ws, self.z_, strict=True)]
-
     @torch.no_grad()
     def hard_prune(self) -> None:
         """W ← Proj(W) and M ← [kept]: the mask is fixed for the rest of the stage."""
@@ -196,6 +157,10 @@ class ADMMPruning:
             m.parametrizations.weight.original.mul_(keep)
             set_mask_(m, keep.to(m.weight.dtype))
         self.pruned_ = True
+
+    def _project(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Proj_S of the targets' tensors (``ADMMLoop``'s Z-step): each where its keep-mask is."""
+        return [t * k for t, k in zip(tensors, self._keep(tensors), strict=True)]
 
     def _keep(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Bool keep-masks of the projection of each tensor (per layer, or one global top-k)."""
@@ -207,23 +172,6 @@ class ADMMPruning:
             k.view_as(t)
             for k, t in zip(keep.split([t.numel() for t in tensors]), tensors, strict=True)
         ]
-
-    def _period(self, ctx: Context) -> int:
-        if self.update_every:
-            return self.update_every
-        if not ctx.steps_per_epoch:
-            raise RuntimeError(
-                "admm: update_every=0 updates Z/U once per epoch and needs "
-                "ctx.steps_per_epoch: call session.bind(optimizer, ..., "
-                "steps_per_epoch=...) or set update_every"
-            )
-        return ctx.steps_per_epoch
-
-    def _follow(self, device: torch.device) -> None:
-        """Keep Z and U on the weights' device (the Trainer moves the model after attach)."""
-        if self.z_[0].device != device:
-            self.z_ = [z.to(device) for z in self.z_]
-            self.u_ = [u.to(device) for u in self.u_]
 
 
 def _check_sparsity(sparsity: object) -> None:

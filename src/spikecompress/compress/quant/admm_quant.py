@@ -3,13 +3,10 @@ project and fine-tune on the grid (Deng et al., IEEE TNNLS 2021, arXiv 1911.0082
 
 Problem: min L(W) s.t. W_l ∈ S_l = {α_l · q : α_l > 0, q ∈ {−K..K}^n_l}, K = 2^(b−1) − 1, one
 α per layer (b = 2 is ternary {−α, 0, α}; b = 4 is {−7α..7α}). b = 1 is binary {−α, +α}
-(q = sign; an exact 0, a weight pruned by a mask, stays 0, as in ``fake_quant``). For the first
-``admm_until`` fraction of the stage (the ADMM phase) the loss gets the coupling
-
-    "squared" (default, textbook ADMM):  (ρ/2) · Σ_l ‖R_l‖²_F   ∂/∂W_l = ρ R_l
-    "norm" (the official code's form):   ρ · Σ_l ‖R_l‖_F        ∂/∂W_l = ρ R_l / ‖R_l‖_F
-                                         with the residual R_l = W_l − Z_l + U_l
-
+(q = sign; an exact 0, a weight pruned by a mask, stays 0, as in ``fake_quant``). The scaled-form
+ADMM loop is ``compress/admm_core.py``'s (shared with ADMM pruning): for the first ``admm_until``
+fraction of the stage (the ADMM phase) the loss gets the coupling "squared" (default, textbook
+ADMM) (ρ/2) Σ_l ‖W_l − Z_l + U_l‖²_F or "norm" (the official code's form) ρ Σ_l ‖W_l − Z_l + U_l‖_F,
 and every ``update_every`` optimizer steps (0: once per epoch, ``ctx.steps_per_epoch``):
 
     Z-step  Z_l ← Proj_S(W_l + U_l)
@@ -28,7 +25,10 @@ helper ("Eq. 13" there): with q fixed the best scale is α = <v, q> / <q, q>, wi
 codes are q = clip(round(v / α), −K, K) (q = sign(v) at 1 bit). Each half-step minimises
 ‖v − α q‖ over its variable, so the error never increases. ``projection_iters`` (default 5, the
 code's count) pairs of steps run, then a last α-step, so the returned α is exactly the
-least-squares scale of the returned codes. The sums run in float64.
+least-squares scale of the returned codes. The sums run in float64. The alternation itself is
+``quantizers.alternating_least_squares`` (shared with ``WeightQuantizer``'s "least_squares"
+scale); what differs is the start (below; there: max|W| / K, cheap enough for every forward), the
+precision (float64 here, the weight's dtype there) and that the codes are returned with α.
 
 From the paper / official code (``yjwu17/ADMM-Compression-for-SNNs``): the problem, the scaled-form
 ADMM loop with Z/U updated once per epoch, the ALS projection with 5 iterations (ternary only in
@@ -68,11 +68,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from spikecompress.compress.admm_core import ADMMLoop, is_count
 from spikecompress.compress.method import Context, zero_loss
 from spikecompress.compress.quant.fake_quant import bake_weight_, check_bits, ste
+from spikecompress.compress.quant.quantizers import alternating_least_squares, round_codes
 from spikecompress.compress.targets import select
 
-COUPLINGS = ("squared", "norm")
 INIT_CANDIDATES = 8  # start scales tried by ``project`` (see the module docstring)
 
 
@@ -80,22 +81,6 @@ def levels(bits: int) -> int:
     """K, the largest code: 2^(b−1) − 1 for b ≥ 2 (codes −K..K); 1 for b = 1 (codes ±1)."""
     check_bits(bits)
     return 1 if bits == 1 else 2 ** (bits - 1) - 1
-
-
-def grid_codes(v: torch.Tensor, alpha: torch.Tensor | float, bits: int) -> torch.Tensor:
-    """The nearest codes on the grid of scale ``alpha`` > 0: clip(round(v / α), −K, K), or sign(v)
-    at 1 bit (0 stays 0); float tensor of ``v``'s shape and dtype (integer values)."""
-    if bits == 1:
-        return torch.sign(v)
-    k = levels(bits)
-    return torch.round(v / alpha).clamp(-k, k)
-
-
-def fit_scale(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The least-squares scale for fixed codes: argmin_α ‖v − α q‖ = <v, q> / <q, q>, summed in
-    float64 (a 0-dim float64 tensor; q must not be all zero)."""
-    v64, q64 = v.reshape(-1).double(), q.reshape(-1).double()
-    return (v64 @ q64) / (q64 @ q64)
 
 
 def _sq_error(v64: torch.Tensor, alpha: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -115,19 +100,15 @@ def project(v: torch.Tensor, bits: int, iters: int = 5) -> tuple[torch.Tensor, t
         return torch.ones((), dtype=dtype, device=v.device), torch.zeros_like(v)
     lo, hi = v64.abs().mean() / k, peak / k
     ratios = torch.linspace(0, 1, INIT_CANDIDATES, dtype=torch.float64, device=v.device)
-    best_err, q = None, None
+    best_err, start = None, None
     for c in lo * (hi / lo) ** ratios:  # the start: the best of the candidate scales
-        qc = grid_codes(v64, c, bits)
-        err = _sq_error(v64, c, qc)
+        err = _sq_error(v64, c, round_codes(v64, c, bits))
         if best_err is None or bool(err < best_err):
-            best_err, q = err, qc
-    for _ in range(iters):
-        new = grid_codes(v64, fit_scale(v64, q), bits)
-        if torch.equal(new, q):
-            break
-        q = new
-    alpha = fit_scale(v64, q).to(dtype)  # > 0: the largest |v| has a code, with its own sign
-    return alpha, q.to(dtype).view_as(v)
+            best_err, start = err, c
+    # the start's codes, then ``iters`` pairs (α-step, q-step), then the last α-step
+    alpha, q = alternating_least_squares(v64, start, bits, iters + 1)
+    # α > 0: α ≤ max|v| (|q| ≤ q² for integer codes), so the largest |v| keeps a code of its sign
+    return alpha.to(dtype), q.to(dtype).view_as(v)
 
 
 def projection(v: torch.Tensor, bits: int, iters: int = 5) -> torch.Tensor:
@@ -137,7 +118,7 @@ def projection(v: torch.Tensor, bits: int, iters: int = 5) -> torch.Tensor:
 
 
 class GridQuant(nn.Module):
-    """Parametrization ``W ↦ α · grid_codes(W, α)`` with a fixed scale buffer ``alpha`` (0-dim)
+    """Parametrization ``W ↦ α · round_codes(W, α)`` with a fixed scale buffer ``alpha`` (0-dim)
     and the identity straight-through gradient; ``alpha = 0`` is the identity (ADMM phase)."""
 
     def __init__(self, bits: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -148,7 +129,7 @@ class GridQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not bool(self.alpha > 0):
             return w
-        return ste(w, self.alpha * grid_codes(w.detach(), self.alpha, self.bits) + 0.0)
+        return ste(w, self.alpha * round_codes(w.detach(), self.alpha, self.bits) + 0.0)
 
 
 def grid_of(module: nn.Module, name: str = "weight") -> GridQuant | None:
@@ -161,12 +142,14 @@ def grid_of(module: nn.Module, name: str = "weight") -> GridQuant | None:
 
 
 @dataclass
-class ADMMQuantization:
+class ADMMQuantization(ADMMLoop):
     """ADMM towards per-layer α-scaled b-bit grids, then hard projection and fine-tuning on them.
 
     See the module docstring for the iteration, the projection, the coupling forms and which
-    parts come from the paper and its code. After finalize every selected ``weight`` holds at
-    most 2^b − 1 distinct values (2 at 1 bit, plus 0 where a mask pruned), each ``α_l · k``.
+    parts come from the paper and its code; the Z / U loop and the coupling loss are
+    ``ADMMLoop``'s, with the per-layer grid projection ``_project``. After finalize every selected
+    ``weight`` holds at most 2^b − 1 distinct values (2 at 1 bit, plus 0 where a mask pruned),
+    each ``α_l · k``.
     """
 
     NAME: ClassVar[str] = "admm_quant"
@@ -191,15 +174,8 @@ class ADMMQuantization:
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
-        if not _number(self.rho) or not 0 <= self.rho < float("inf"):
-            raise ValueError(f"rho must be a number >= 0, got {self.rho!r}")
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {list(COUPLINGS)}, got {self.coupling!r}")
-        if not _number(self.admm_until) or not 0 < self.admm_until <= 1:
-            raise ValueError(f"admm_until must be in (0, 1], got {self.admm_until!r}")
-        if not _count(self.update_every):
-            raise ValueError(f"update_every must be an int >= 0, got {self.update_every!r}")
-        if not _count(self.projection_iters):
+        self._check_admm_knobs()
+        if not is_count(self.projection_iters):
             raise ValueError(
                 f"projection_iters must be an int >= 0, got {self.projection_iters!r}")
 
@@ -209,10 +185,7 @@ class ADMMQuantization:
         for m in self.targets_:
             grid = GridQuant(self.weight_bits, m.weight.dtype, m.weight.device)
             parametrize.register_parametrization(m, "weight", grid)
-        with torch.no_grad():
-            ws = [m.weight.detach() for m in self.targets_]
-            self.z_ = [self._proj(w) for w in ws]
-            self.u_ = [torch.zeros_like(w) for w in ws]
+        self._admm_start()
         self.projected_ = False
 
     def loss(
@@ -225,12 +198,8 @@ class ADMMQuantization:
 
     def after_step(self, model: nn.Module, ctx: Context) -> None:
         """Hard projection once ``ctx.progress ≥ admm_until``; before, Z/U steps on schedule."""
-        if self.projected_:
-            return
-        if ctx.progress >= self.admm_until:
-            self.hard_project()
-        elif ctx.step % self._period(ctx) == 0:
-            self.admm_update()
+        if not self.projected_:
+            self._admm_advance(ctx, self.hard_project)
 
     @torch.no_grad()
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
@@ -242,23 +211,6 @@ class ADMMQuantization:
         return model
 
     # -- the ADMM pieces ---------------------------------------------------------------------
-    def coupling_loss(self) -> torch.Tensor:
-        """(ρ/2) Σ ‖W − Z + U‖² ("squared") or ρ Σ ‖W − Z + U‖_F ("norm"), differentiable in W."""
-        ws = [m.weight for m in self.targets_]
-        self._follow(ws[0].device)
-        res = [w - z + u for w, z, u in zip(ws, self.z_, self.u_, strict=True)]
-        if self.coupling == "squared":
-            return 0.5 * self.rho * sum(r.pow(2).sum() for r in res)
-        return self.rho * sum(torch.linalg.vector_norm(r) for r in res)
-
-    @torch.no_grad()
-    def admm_update(self) -> None:
-        """Z ← Proj(W + U), then U ← U + W − Z (the scaled dual accumulates the residual)."""
-        ws = [m.weight.detach() for m in self.targets_]
-        self._follow(ws[0].device)
-        self.z_ = [self._proj(w + u) for w, u in zip(ws, self.u_, strict=True)]
-        self.u_ = [u + w - z for u, w, z in zip(self.u_, ws, self.z_, strict=True)]
-
     @torch.no_grad()
     def hard_project(self) -> None:
         """W ← α · q = Proj(W) and fix α: from now on every forward rounds to that grid."""
@@ -276,30 +228,6 @@ class ADMMQuantization:
         """The fixed scales α_l of the target layers (0 while in the ADMM phase)."""
         return [grid.alpha for m in self.targets_ if (grid := grid_of(m)) is not None]
 
-    def _proj(self, v: torch.Tensor) -> torch.Tensor:
-        return projection(v, self.weight_bits, self.projection_iters)
-
-    def _period(self, ctx: Context) -> int:
-        if self.update_every:
-            return self.update_every
-        if not ctx.steps_per_epoch:
-            raise RuntimeError(
-                "admm_quant: update_every=0 updates Z/U once per epoch and needs "
-                "ctx.steps_per_epoch: call session.bind(optimizer, ..., "
-                "steps_per_epoch=...) or set update_every"
-            )
-        return ctx.steps_per_epoch
-
-    def _follow(self, device: torch.device) -> None:
-        """Keep Z and U on the weights' device (the Trainer moves the model after attach)."""
-        if self.z_[0].device != device:
-            self.z_ = [z.to(device) for z in self.z_]
-            self.u_ = [u.to(device) for u in self.u_]
-
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    def _project(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Proj_S of the targets' tensors (``ADMMLoop``'s Z-step), each layer on its own grid."""
+        return [projection(t, self.weight_bits, self.projection_iters) for t in tensors]

@@ -98,16 +98,18 @@ def check_membrane(membrane_bits: object, membrane_range: object) -> None:
 
 def install_(model: nn.Module, weight_bits: int, per_channel: bool, scale: str,
              membrane_bits: int, membrane_range: float | None, input_bits: int,
-             edge_bits: int | None = None, tanh: bool = False) -> list[nn.Module]:
+             edge_bits: int | None = None, tanh: bool = False,
+             lsq_init: str = "least_squares") -> list[nn.Module]:
     """Put ``model`` on the integer grid (see the module docstring); returns the layers.
 
     ``membrane_range`` None: the neuron shares its layer's grid (MINT). ``edge_bits``: weight
-    bits of the first and the last layer (None: ``weight_bits``)."""
+    bits of the first and the last layer (None: ``weight_bits``). ``lsq_init``: see
+    ``WeightQuantizer``."""
     fold_batchnorm_(model)
     steps = plan(model)
     for i, (name, layer, s_in, neuron) in enumerate(steps):
         bits = edge_bits if edge_bits is not None and i in (0, len(steps) - 1) else weight_bits
-        layer.weight_quant = WeightQuantizer(layer.weight, bits, per_channel, scale, tanh)
+        layer.weight_quant = WeightQuantizer(layer.weight, bits, per_channel, scale, tanh, lsq_init)
         dev = layer.weight.device
         layer.register_buffer("input_scale", torch.tensor(s_in, device=dev))
         layer.register_buffer("input_bits", torch.tensor(input_bits, device=dev)

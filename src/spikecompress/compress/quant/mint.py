@@ -67,7 +67,7 @@ class MINT:
     def attach(self, model: nn.Module, ctx: Context) -> None:
         self.layers_ = integer_mode.install_(
             model, self.weight_bits, False, "lsq", self.membrane_bits, None, self.input_bits,
-            edge_bits=self.edge_bits, tanh=self.tanh)
+            edge_bits=self.edge_bits, tanh=self.tanh, lsq_init="paper")
 
     def shared_scales(self) -> list[nn.Parameter]:
         """The one scale Parameter per layer that its weights and its neuron's membrane use."""

@@ -5,9 +5,14 @@ a scale s (one per tensor, or per output channel with ``per_channel``), Q(W) = s
 
 * ``scale="max"``: s = max|W| / qmax, recomputed from W at every forward (no state). Simple, but
   at 2–3 bits the largest weight sets a coarse step and most weights round to 0.
-* ``scale="lsq"``: s is a learned Parameter (LSQ, Esser et al., ICLR 2020), initialised to
-  2·mean|W| / sqrt(qmax) and trained with the gradient ∂Q/∂s = round(W/s) − W/s inside the range,
-  ±qmax outside, scaled by 1 / sqrt(n·qmax) (n = weights per scale), as the paper does.
+* ``scale="lsq"``: s is a learned Parameter (LSQ, Esser et al., ICLR 2020), initialised to the
+  least-squares scale below (``lsq_init="least_squares"``; LSQ+, Bhalgat et al. 2020, also
+  starts from the MSE-optimal step) or to the paper's 2·mean|W| / sqrt(qmax)
+  (``lsq_init="paper"``), and trained with the gradient ∂Q/∂s = round(W/s) − W/s inside the
+  range, ±qmax outside, scaled by 1 / sqrt(n·qmax) (n = weights per scale), as the paper does.
+  The paper's start is far off on folded SNN weights (MNIST-1D, 4 bits per channel, before any
+  training: 78.7 % vs 95.9 % from the least-squares start) and a short fine-tune does not
+  recover it (docs/benchmarks_quantization.md).
 * ``scale="least_squares"``: s minimises ‖W − s·q‖² by alternating s = <W, q> / <q, q> and
   q = clamp(round(W / s)) a few times from the max-|W| start, recomputed at every forward
   (detached): the error never increases over the iterations.
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 SCALES = ("max", "lsq", "least_squares")
+LSQ_INITS = ("least_squares", "paper")
 LS_ITERS = 5
 
 
@@ -74,19 +80,40 @@ def round_codes(w: torch.Tensor, s: torch.Tensor, bits: int) -> torch.Tensor:
     return (w / _view(s, w)).round().clamp(-m, m)
 
 
+def fit_scale(w: torch.Tensor, q: torch.Tensor, per_channel: bool = False,
+              fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """The least-squares scale of fixed codes, argmin_s ‖W − s·q‖ = <W, q> / <q, q>, over all of
+    W ([]) or per output channel ([C]), in W's dtype; ``fallback`` (else 0) where q is all 0."""
+    num = _reduce(w * q, per_channel, lambda t, d: t.sum(d))
+    den = _reduce(q * q, per_channel, lambda t, d: t.sum(d))
+    s = num / den.clamp_min(1)  # <q, q> sums squared integers: >= 1 unless q is all 0
+    return s if fallback is None else torch.where(den > 0, s, fallback)
+
+
+def alternating_least_squares(w: torch.Tensor, s: torch.Tensor, bits: int, iters: int,
+                              per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the scale ``s``, ``iters`` times: q ← round_codes(W, s), then s ← fit_scale(W, q)
+    (the old s kept where q is all 0, clamped > 0). Each half-step minimises ‖W − s·q‖ over its
+    variable, so the error never increases. Returns (s, q): s is exactly the least-squares scale
+    of the codes q (``iters`` ≥ 1; with 0, (s, None)). In W's dtype, [] or [C] like ``s``."""
+    tiny = torch.finfo(w.dtype).tiny
+    q = None
+    for _ in range(iters):
+        q = round_codes(w, s, bits)
+        s = fit_scale(w, q, per_channel, fallback=s).clamp_min(tiny)
+    return s, q
+
+
 def least_squares_scale(w: torch.Tensor, bits: int, per_channel: bool,
                         iters: int = LS_ITERS) -> torch.Tensor:
-    """The alternating least-squares scale (see the module docstring); [] or [C], > 0."""
+    """The alternating least-squares scale from the max-|W| start (see the module docstring); []
+    or [C], > 0. ``admm_quant.project`` runs the same alternation with another start and in
+    float64, once per ADMM step rather than at every forward (see there)."""
     w = w.detach()
     s = max_scale(w, bits, per_channel)
     if bits == 1:
         return s
-    for _ in range(iters):
-        q = round_codes(w, s, bits)
-        num = _reduce(w * q, per_channel, lambda t, d: t.sum(d))
-        den = _reduce(q * q, per_channel, lambda t, d: t.sum(d))
-        s = torch.where(den > 0, num / den.clamp_min(1), s).clamp_min(torch.finfo(w.dtype).tiny)
-    return s
+    return alternating_least_squares(w, s, bits, iters, per_channel)[0]
 
 
 class WeightQuantizer(nn.Module):
@@ -94,16 +121,21 @@ class WeightQuantizer(nn.Module):
     quantize (its shape and, for LSQ, the initial scale)."""
 
     def __init__(self, weight: torch.Tensor, bits: int, per_channel: bool = False,
-                 scale: str = "max", tanh: bool = False) -> None:
+                 scale: str = "max", tanh: bool = False, lsq_init: str = "least_squares") -> None:
         super().__init__()
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+        if lsq_init not in LSQ_INITS:
+            raise ValueError(f"lsq_init must be one of {list(LSQ_INITS)}, got {lsq_init!r}")
         self.bits, self.per_channel, self.mode, self.tanh = bits, per_channel, scale, tanh
         self.scale = None
         if scale == "lsq":
             w = self._pre(weight.detach())
             m = _qmax(bits)
-            init = _reduce(w.abs(), per_channel, lambda t, d: t.mean(d)) * 2 / math.sqrt(m)
+            if lsq_init == "paper":
+                init = _reduce(w.abs(), per_channel, lambda t, d: t.mean(d)) * 2 / math.sqrt(m)
+            else:
+                init = least_squares_scale(w, bits, per_channel)
             self.scale = nn.Parameter(init.clamp_min(1e-8))
             n = w[0].numel() if per_channel and w.dim() > 1 else w.numel()
             self.grad_factor = 1.0 / math.sqrt(n * m)

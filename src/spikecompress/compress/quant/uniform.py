@@ -20,6 +20,10 @@ shift, ``snn.integer``), so the model lowers to an integer SNN (``sc.to_integer`
 same spikes bit for bit. MINT (``mint``) instead shares one scale between weights and membrane,
 which removes that multiplier.
 
+``edge_bits``: weight bits of the network's first and last conv / linear layer (None: all at
+``weight_bits``). The LSQ paper keeps them at 8 bits; on MNIST-1D this is what makes 2 bits train
+(docs/benchmarks_quantization.md). Their bytes are a small share of the model.
+
 One quantization method per stage: weights and membrane of one stage are this method's knobs (or
 ``mint``'s), never two methods fighting over the same layers.
 
@@ -60,7 +64,8 @@ class UniformQuantization:
     pruning masks, which the Session finalizes first). ``include`` / ``exclude``: regexes (see
     ``targets.select``; with ``membrane_bits`` every layer is quantized). ``membrane_range``:
     the membrane grid spans ±membrane_range·V_th (>= 1: it must hold the threshold).
-    ``input_bits``: bits of the network's quantized input (membrane mode).
+    ``input_bits``: bits of the network's quantized input (membrane mode). ``edge_bits``: bits of
+    the first and last layer (None: ``weight_bits``).
     """
 
     NAME: ClassVar[str] = "uniform_quant"
@@ -68,18 +73,21 @@ class UniformQuantization:
     KIND: ClassVar[str] = "quant"
 
     weight_bits: int = 4
-    per_channel: bool = False
-    scale: str = "max"
+    per_channel: bool = True
+    scale: str = "least_squares"
     mode: str = "qat"
     membrane_bits: int | None = None
     membrane_range: float = 1.0
     input_bits: int = 8
+    edge_bits: int | None = None
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     targets_: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits", 1, 8)
+        if self.edge_bits is not None:
+            check_bits(self.edge_bits, "edge_bits", 1, 8)
         if not isinstance(self.per_channel, bool):
             raise ValueError(f"per_channel must be true or false, got {self.per_channel!r}")
         if self.scale not in SCALES:
@@ -101,30 +109,41 @@ class UniformQuantization:
         if self.membrane_bits is not None:
             self.targets_ = integer_mode.install_(
                 model, self.weight_bits, self.per_channel, self.scale, self.membrane_bits,
-                float(self.membrane_range), self.input_bits)
+                float(self.membrane_range), self.input_bits, edge_bits=self.edge_bits)
             return
         self.targets_ = [m for _, m in select(model, self.include, self.exclude)]
         if self.mode == "qat":
+            bits = self._bits(model)
             for m in self.targets_:
                 parametrize.register_parametrization(
-                    m, "weight",
-                    WeightQuantizer(m.weight, self.weight_bits, self.per_channel, self.scale))
+                    m, "weight", WeightQuantizer(m.weight, bits[m], self.per_channel, self.scale))
+
+    def _bits(self, model: nn.Module) -> dict[nn.Module, int]:
+        """Bits per target: ``edge_bits`` for the network's first and last conv / linear layer."""
+        bits = dict.fromkeys(self.targets_, self.weight_bits)
+        if self.edge_bits is not None:
+            layers = [m for _, m in select(model)]
+            for edge in (layers[0], layers[-1]):
+                if edge in bits:
+                    bits[edge] = self.edge_bits
+        return bits
 
     @torch.no_grad()
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
         if self.membrane_bits is not None:
             return integer_mode.bake_(model)
+        bits = self._bits(model)
         for m in self.targets_:
-            value, scale = self._quantized(m)
+            value, scale = self._quantized(m, bits[m])
             bake_weight_(m, value)
             m.register_buffer("weight_scale", scale)
         return model
 
-    def _quantized(self, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    def _quantized(self, m: nn.Module, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the effective weight on the grid, its scale): the parametrization chain of ``weight``
         with our quantizer in it (QAT; masks before or after it), or Q(effective W) (PTQ)."""
         if self.mode == "ptq":
-            quant = WeightQuantizer(m.weight, self.weight_bits, self.per_channel, self.scale)
+            quant = WeightQuantizer(m.weight, bits, self.per_channel, self.scale)
             codes, s = quant.codes(m.weight)
             return _scaled(codes, s), s.clone()
         chain = m.parametrizations.weight
