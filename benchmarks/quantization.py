@@ -9,9 +9,9 @@ per channel), with and without 8-bit first and last layers; ``mint`` at weight �
 8/4/2 × 8/4/2; ``admm_quant`` at 8/4/3/2 bits; ``weight_sharing`` at 256/16/8/4 clusters;
 ``binary``; ``istbp``. Membrane bits apply to the methods that have them (``uniform_quant``,
 ``mint``; ``istbp`` keeps its own 16-bit integer membrane). Each row: accuracy, bytes on
-disk, L0/L1 energy per sample with the profile ``measure`` picks (45nm-int8 for models on the integer grid, else 45nm fp32 — say which), and for
-every model that lowers, the share of test samples whose integer-SNN logits equal the model's bit
-for bit. Results stream to ``--out`` (JSON lines) so an interrupted run keeps its rows.
+disk, L0/L1 energy per sample with the profile ``measure`` picks (45nm-int8 for models on the
+integer grid, else 45nm fp32 — say which), and for every model that lowers, the share of test
+samples whose integer-SNN logits equal the model's bit for bit. Results stream to ``--out`` (JSON lines) so an interrupted run keeps its rows.
 
     python benchmarks/quantization.py --task digits --out docs/quant_digits.jsonl
     python benchmarks/quantization.py --task mnist1d --dense runs/x/stages/0-dense/artifact
