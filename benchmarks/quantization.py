@@ -11,7 +11,8 @@ per channel), with and without 8-bit first and last layers; ``mint`` at weight Ã
 ``mint``; ``istbp`` keeps its own 16-bit integer membrane). Each row: accuracy, bytes on
 disk, L0/L1 energy per sample with the profile ``measure`` picks (45nm-int8 for models on the
 integer grid, else 45nm fp32 â€” say which), and for every model that lowers, the share of test
-samples whose integer-SNN logits equal the model's bit for bit. Results stream to ``--out`` (JSON lines) so an interrupted run keeps its rows.
+samples whose integer-SNN logits equal the model's bit for bit. Results stream to ``--out``
+(JSON lines) so an interrupted run keeps its rows.
 
     python benchmarks/quantization.py --task digits --out docs/quant_digits.jsonl
     python benchmarks/quantization.py --task mnist1d --dense runs/x/stages/0-dense/artifact
