@@ -10,8 +10,9 @@ that asserts ``torch.equal`` between two such computations builds its model with
   significant bits of the largest magnitude: a grid of 2^(e - bits), e = floor(log2 max|t|).
   With {0, 1} spike inputs a conv or linear output is then an integer number of grid steps below
   n · 2^(bits + 1) (n terms), far below 2^24: every partial sum is exact, in any order.
-* BN running variances become 4^j − eps with float32(var + eps) = 4^j exactly (j in [-3, 1]), so
-  1/sqrt(var + eps) = 2^-j exactly and eval BN is (x − mean) · 2^-j · γ + β on short dyadics.
+* BN (and BNTT) running variances become 4^j − eps with float32(var + eps) = 4^j exactly
+  (j in [-3, 1]), so 1/sqrt(var + eps) = 2^-j exactly and eval BN is (x − mean) · 2^-j · γ + β
+  on short dyadics.
 * LIF τ becomes a power of two ≥ 2 (1/τ and 1 − 1/τ dyadic); PLIF w becomes 0 or 40, whose
   sigmoid is exactly 1/2 or exactly 1 in any implementation (exp(-40) < 2^-54), so the decay and
   the gain are dyadic whichever kernel evaluates the sigmoid.
@@ -29,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from spikecompress.snn import reset_state
+from spikecompress.snn import BNTT, reset_state
 from spikecompress.snn.neuron import LIF, PLIF
 
 _PLIF_ONE = 40.0  # sigmoid(40) = 1 / (1 + 4e-18) rounds to exactly 1 in float32 and float64
@@ -69,7 +70,7 @@ def dyadic_(model: nn.Module, bits: int = 3) -> nn.Module:
     """Make every floating parameter and buffer of ``model`` dyadic (see the module docstring),
     in place; returns ``model``. Call it after randomising the model and before copying it."""
     for module in model.modules():
-        is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm | BNTT)
         for name, t in list(module._parameters.items()) + list(module._buffers.items()):
             if t is None or not t.is_floating_point():
                 continue
@@ -91,7 +92,7 @@ def rounding_modules(model: nn.Module, x: torch.Tensor) -> list[str]:
     BNs take float32(var + eps) as their variance and eps 0, which is what float32 computes."""
     twin = copy.deepcopy(model).double()
     for m in twin.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm | BNTT) and m.running_var is not None:
             m.running_var.copy_(m.running_var.float() + torch.tensor(m.eps))
             m.eps = 0.0
     outs: dict[str, list[list[torch.Tensor]]] = {}

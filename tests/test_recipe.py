@@ -295,7 +295,10 @@ CASES = {name: [{"name": name, **FAST.get(name, {})}] for name in METHODS} | {
     "sca+corrections": [{"name": "sca", "channel_sparsity": 0.5, "corrections": {
         "after_bn": True, "dense_regrow": True, "gradual": True}}],
     "stds+D": [{"name": "stds", "D": 0.05}],
+    "kl_kd+gradr": [{"name": "kl_kd"}, {"name": "gradr", "sparsity": 0.9}],
+    "kdsnn+uniform_quant": [{"name": "kdsnn"}, {"name": "uniform_quant", "weight_bits": 4}],
 }
+STATELESS = {"kl_kd", "spike_kd", "bntt_kd"}  # a frozen teacher and a loss: nothing to checkpoint
 
 
 @pytest.mark.parametrize("methods", list(CASES.values()), ids=list(CASES))
@@ -306,6 +309,8 @@ def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     d["stages"][1]["methods"] = methods
     if methods[0]["name"] == "ann_conversion":  # it converts the ANN twin of the dense stage
         d["model"]["spiking"] = False
+    for m in methods:  # a model option the method needs (bntt_kd: a BNTT student)
+        d["model"].update(getattr(METHODS[m["name"]], "MODEL_OPTIONS", {}))
     recipe = Recipe.from_dict(d)
     ref = run_recipe(recipe, tmp_path / "ref", verbose=False)
 
@@ -324,8 +329,9 @@ def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     assert not (stage / "metrics.json").exists()
     tensors, meta = load_checkpoint(stage)
     assert meta["step"] == 2  # the method state is in the checkpoint: buffers or session fields
-    assert any(".parametrizations." in k or k.startswith("session.") or k.endswith(".leak")
-               or k.startswith("model.ssnn_heads.") or ".weight_quant." in k for k in tensors)
+    assert {m["name"] for m in methods} <= STATELESS or any(
+        ".parametrizations." in k or k.startswith("session.") or k.endswith(".leak")
+        or k.startswith("model.ssnn_heads.") or ".weight_quant." in k for k in tensors)
     if methods[0]["name"] == "magnitude":  # the masks in the checkpoint are partly zero already
         masks = [k for k in tensors if k.endswith("parametrizations.weight.0.mask")]
         assert masks and any(not tensors[k].all() for k in masks)
@@ -369,3 +375,45 @@ def test_example_recipes_validate():
     for path in examples:
         recipe = load_recipe(path)
         assert recipe.stages and dump_yaml(recipe)
+
+
+def test_a_student_stage_distils_from_an_earlier_stage_of_another_width(tmp_path):
+    d = _tiny()
+    d["model"]["widths"] = [8, 16]
+    d["stages"] = [
+        {"name": "teacher", "epochs": 1, "optimizer": {"lr": 1e-2}},
+        {"name": "ann", "epochs": 1, "T": 1, "model": {"spiking": False}},
+        {"name": "student", "epochs": 1, "model": {"widths": [4, 8]},
+         "methods": [{"name": "kl_kd", "teacher": "stage:teacher"}]},
+        {"name": "from_ann", "epochs": 1, "model": {"widths": [4, 8]},
+         "methods": [{"name": "kdsnn", "teacher": "stage:ann"}]},
+    ]
+    recipe = Recipe.from_dict(d)
+    assert recipe.stages[2].build_methods(lambda name: f"/runs/{name}")[0].teacher == \
+        "/runs/teacher"
+    result = run_recipe(recipe, tmp_path / "kd", verbose=False)
+    assert _state(tmp_path / "kd/artifact")["features.0.conv.weight"].shape[0] == 4
+    assert _state(tmp_path / "kd/stages/1-ann/artifact")["features.0.conv.weight"].shape[0] == 8
+    assert result["stages"]["student"]["params"] < result["stages"]["teacher"]["params"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["stages"][0].update(methods=[{"name": "kl_kd", "teacher": "stage:prune"}]),
+     r"stages.0.methods.0.teacher: 'stage:prune' names no earlier stage \(earlier: \[\]\)"),
+    (lambda d: d["stages"][1].update(model={"widths": [4]}, init="x"),
+     "stages.1.model: a stage starts from a new model or from its init, not both"),
+    (lambda d: d["stages"][1].update(model={"depth": 3}), "stages.1.model.depth: unknown key"),
+])
+def test_bad_stage_models_and_teacher_references_are_named(change, message):
+    d = _tiny()
+    change(d)
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(d)
+
+
+def test_a_missing_teacher_is_refused_before_any_training(tmp_path):
+    d = _tiny()
+    d["stages"][1]["methods"] = [{"name": "kl_kd", "teacher": str(tmp_path / "gone")}]
+    with pytest.raises(FileNotFoundError, match="stages.1.methods.0.teacher: .*gone"):
+        run_recipe(Recipe.from_dict(d), tmp_path / "r", verbose=False)
+    assert not (tmp_path / "r/stages").exists()

@@ -20,5 +20,8 @@ def data():
 def test_method_contract(method_name, model_name, data):
     torch.manual_seed(0)
     spiking = method_name != "ann_conversion"  # converts the ANN twin into the SNN
-    model = build(classes=10, spiking=spiking, **TINY[model_name])
+    options = dict(getattr(METHODS[method_name], "MODEL_OPTIONS", {}))  # e.g. a BNTT student
+    if options.get("norm") == "bntt":
+        options["steps"] = 2  # the data's T
+    model = build(classes=10, spiking=spiking, **{**TINY[model_name], **options})
     check_method(METHODS[method_name], model, data)

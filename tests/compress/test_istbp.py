@@ -23,7 +23,8 @@ from torch.utils._pytree import tree_flatten
 from spikecompress.compress.method import Context, check_hooks
 from spikecompress.compress.prune.magnitude import MagnitudePruning
 from spikecompress.compress.quant.int_ops import im2col, softmax_q12, stochastic_shift
-from spikecompress.compress.quant.istbp import IntegerSTBP, _back
+from spikecompress.compress.quant.istbp import IntegerSTBP
+from spikecompress.compress.quant.istbp_ops import _back
 from spikecompress.compress.session import attach
 from spikecompress.data import DataConfig, load_data
 from spikecompress.measurement.accuracy import evaluate

@@ -131,7 +131,7 @@ def test_dtype_and_meta_are_kept(tmp_path):
     save(model, tmp_path / "a", meta=meta)
     spec = read_spec(tmp_path / "a")
     assert spec["meta"] == meta and spec["model"] == model.spec
-    assert spec["format_version"] == 1 and spec["library_version"]
+    assert spec["format_version"] == 2 and spec["library_version"]
     entry = spec["tensors"]["features.1.conv.weight"]
     assert entry == {"format": "codebook", "shape": [32, 16, 3, 3], "dtype": "float64", "bits": 3}
     _assert_same(model, load(tmp_path / "a"))
@@ -206,6 +206,18 @@ def test_future_format_version(tmp_path):
     spec = json.loads((path / "spec.json").read_text())
     (path / "spec.json").write_text(json.dumps({**spec, "format_version": 99}))
     _assert_one_line_error(path, "spec.json", "version 99")
+
+
+def test_format_version_1_still_loads_and_3_is_refused(tmp_path):
+    """v1 artifacts (written before the scaled-codes formats) load; a newer one asks to upgrade."""
+    model, path = _saved(tmp_path)
+    spec = json.loads((path / "spec.json").read_text())
+    assert spec["format_version"] == 2
+    (path / "spec.json").write_text(json.dumps({**spec, "format_version": 1}))
+    assert read_spec(path)["format_version"] == 1
+    _assert_same(model, load(path))
+    (path / "spec.json").write_text(json.dumps({**spec, "format_version": 3}))
+    _assert_one_line_error(path, "spec.json", "version 3, newer .* upgrade spikecompress")
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "spec.json"])

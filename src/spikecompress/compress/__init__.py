@@ -7,6 +7,10 @@ method, importable by its class name::
 ``METHODS`` maps each registered name (the recipes' ``name:``) to its class.
 """
 
+from spikecompress.compress.distill.bntt_kd import BNTTDistillation
+from spikecompress.compress.distill.kdsnn import KDSNN
+from spikecompress.compress.distill.kl_kd import KLDistillation
+from spikecompress.compress.distill.spike_kd import SpikeDistillation
 from spikecompress.compress.method import Context, Method
 from spikecompress.compress.parametrize import bake_, is_plain
 from spikecompress.compress.prune.admm import ADMMPruning
@@ -66,6 +70,10 @@ __all__ = [
     "IntegerSTBP",
     "MINT",
     "WeightSharing",
+    "KLDistillation",
+    "SpikeDistillation",
+    "KDSNN",
+    "BNTTDistillation",
     "attach",
     "bake_",
     "is_plain",

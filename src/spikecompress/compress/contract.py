@@ -77,7 +77,9 @@ def check_method(method_cls: type, model: nn.Module, data, steps: int = 3) -> nn
     """Run the contract on a fresh ``method_cls()`` (its defaults) and ``model``; raise
     AssertionError naming the broken clause. Returns the finalized model. A method whose class
     lists the model's family in ``REFUSES`` must instead refuse it at attach: a one-line
-    ValueError naming the module it cannot handle."""
+    ValueError naming the module it cannot handle. A method that needs a model option (its class
+    attribute ``MODEL_OPTIONS``, e.g. ``bntt_kd``'s ``{"norm": "bntt"}``) gets ``model`` built
+    with it by the caller."""
 
     method = method_cls()
     target = Target.of(method, model)

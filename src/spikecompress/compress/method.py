@@ -15,6 +15,8 @@ callable whose name looks like a misspelt hook):
 
 ``KIND`` (a class attribute) places the method in the Session's fixed finalize order:
 "channels" → "masks" → "quant" → "time"; "loss"-only methods finalize last and change nothing.
+"loss" methods also attach first, so they see the model as it enters the stage (distillation's
+default teacher is a frozen copy of it).
 
 Checkpointed state: tensors live either in the model (parametrization parameters and buffers, so
 ``model.state_dict()`` carries them) or in runtime fields: a tensor, a list of tensors or a
@@ -42,8 +44,9 @@ class Context:
     """Where training is: ``progress`` in [0, 1] over the stage, ``step`` (optimizer steps taken),
     ``epoch``, ``stage``; and, once the loop calls ``Session.bind``, its ``optimizer``, the
     learning rate of every step ``lr_at(step)``, the stage's ``total_steps`` and ``steps_per_epoch``
-    (None before); ``y``: the labels [B] of the batch being trained on, set by ``Session.loss``
-    (None when the loop passes none)."""
+    (None before) and the loop's ``task_loss`` (the kind of ``snn.losses.task_loss`` it adds the
+    methods' terms to: "ce" unless told); ``y``: the labels [B] of the batch being trained on, set
+    by ``Session.loss`` (None when the loop passes none)."""
 
     progress: float = 0.0
     step: int = 0
@@ -53,6 +56,7 @@ class Context:
     lr_at: Callable[[int], float] | None = None
     total_steps: int | None = None
     steps_per_epoch: int | None = None
+    task_loss: str = "ce"
     y: Any = None
 
 

@@ -3,6 +3,10 @@
 Adding a method touches two places: its own file and this table; the contract test picks it up.
 """
 
+from spikecompress.compress.distill.bntt_kd import BNTTDistillation
+from spikecompress.compress.distill.kdsnn import KDSNN
+from spikecompress.compress.distill.kl_kd import KLDistillation
+from spikecompress.compress.distill.spike_kd import SpikeDistillation
 from spikecompress.compress.prune.admm import ADMMPruning
 from spikecompress.compress.prune.esl import ESLSNN
 from spikecompress.compress.prune.gradr import GradR
@@ -51,4 +55,8 @@ METHODS = {
     "ssnn": SSNN,
     "seenn": SEENN,
     "lite_snn": LiteSNN,
+    "kl_kd": KLDistillation,
+    "spike_kd": SpikeDistillation,
+    "kdsnn": KDSNN,
+    "bntt_kd": BNTTDistillation,
 }

@@ -41,7 +41,8 @@ class Session:
         self.model, self.methods = model, list(methods)
         self.ctx = Context(stage=stage)
         self.finalized = False
-        for m in self.methods:
+        # "loss" methods first: they see the model as it enters the stage (e.g. a teacher copy)
+        for m in sorted(self.methods, key=lambda m: m.KIND != "loss"):
             if (fn := hook(m, "attach")) is not None:
                 fn(model, self.ctx)
 
@@ -51,17 +52,19 @@ class Session:
         lr_at=None,
         total_steps: int | None = None,
         steps_per_epoch: int | None = None,
+        task_loss: str = "ce",
     ) -> None:
         """Tell the methods about the training loop: its optimizer, ``lr_at(step)`` (the learning
         rate the optimizer uses at each step; default: the first group's current lr, constant),
-        the number of steps of the stage and of one epoch. Methods that need them (Grad R, LATS,
-        ADMM) ask for this call by name when it is missing."""
+        the number of steps of the stage and of one epoch, and the kind of task loss the loop
+        adds the methods' terms to (``snn.losses.task_loss``; distillation re-weights it).
+        Methods that need them (Grad R, LATS, ADMM) ask for this call by name when missing."""
         if lr_at is None:
             lr = float(optimizer.param_groups[0]["lr"])
             lr_at = lambda step: lr  # noqa: E731
         ctx = self.ctx
         ctx.optimizer, ctx.lr_at, ctx.total_steps = optimizer, lr_at, total_steps
-        ctx.steps_per_epoch = steps_per_epoch
+        ctx.steps_per_epoch, ctx.task_loss = steps_per_epoch, task_loss
 
     def param_groups(self) -> list[dict]:
         """The optimizer groups the methods ask for (e.g. a mask learning rate), each a dict
@@ -92,15 +95,20 @@ class Session:
         return tensors, scalars
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
-        """Restore what ``state_dict`` returned (tensors are copied to each field's device)."""
+        """Restore what ``state_dict`` returned (tensors are copied to each field's device). A
+        field holding Parameters (alone or in a list) is restored in place, so the optimizer that
+        holds them keeps training the same objects."""
         for i, m in enumerate(self.methods):
             for name, value in runtime_state(m).items():
                 key = f"{i}.{name}"
                 if isinstance(value, torch.Tensor) and key in tensors:
-                    setattr(m, name, tensors[key].to(value.device))
+                    setattr(m, name, _restored(value, tensors[key]))
                 elif isinstance(scalars.get(key), dict) and "list" in scalars[key]:
-                    n = scalars[key]["list"]
-                    setattr(m, name, [tensors[f"{key}.{j}"] for j in range(n)])
+                    saved = [tensors[f"{key}.{j}"] for j in range(scalars[key]["list"])]
+                    if isinstance(value, list) and len(value) == len(saved):
+                        saved = [_restored(v, t) if isinstance(v, torch.Tensor) else t
+                                 for v, t in zip(value, saved, strict=True)]
+                    setattr(m, name, saved)
                 elif isinstance(scalars.get(key), dict) and "dict" in scalars[key]:
                     setattr(m, name, {k: tensors[f"{key}.{k}"] for k in scalars[key]["dict"]})
                 elif key in scalars and not isinstance(scalars[key], dict):
@@ -166,6 +174,16 @@ class Session:
 def attach(model: nn.Module, methods: Sequence[object], stage: str = "") -> Session:
     """Start a compression session on ``model`` (see ``Session``)."""
     return Session(model, methods, stage)
+
+
+def _restored(current: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """``saved`` on ``current``'s device; copied into ``current`` when that is a Parameter of the
+    same shape (its identity is what an optimizer holds)."""
+    if isinstance(current, nn.Parameter) and current.shape == saved.shape:
+        with torch.no_grad():
+            current.copy_(saved)
+        return current
+    return saved.to(current.device)
 
 
 def _tensor_list(value: object) -> bool:

@@ -9,6 +9,7 @@
 
 from spikecompress.export.artifact import (
     ArtifactError,
+    artifact_of,
     load,
     read_spec,
     read_state_dict,
@@ -18,6 +19,6 @@ from spikecompress.export.artifact import (
 from spikecompress.export.integer import IntegerSNN, load_integer, save_integer, to_integer
 
 __all__ = [
-    "ArtifactError", "IntegerSNN", "load", "load_integer", "read_spec", "read_state_dict", "save",
-    "save_integer", "size_bytes", "to_integer",
+    "ArtifactError", "IntegerSNN", "artifact_of", "load", "load_integer", "read_spec",
+    "read_state_dict", "save", "save_integer", "size_bytes", "to_integer",
 ]

@@ -32,13 +32,23 @@ from spikecompress.models import from_spec
 from spikecompress.snn.neuron import add_optional_state_
 
 FORMAT = "spikecompress-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the scaled-codes formats (codec); readers take every version up to it
 TENSOR_FILE = "model.safetensors"
 SPEC_FILE = "spec.json"
 
 
 class ArtifactError(ValueError):
     """A missing, truncated, corrupt, tampered or too-new artifact (one line, naming the file)."""
+
+
+def artifact_of(path: str | Path) -> Path | None:
+    """The artifact a folder holds: itself, or its ``artifact/`` (a run or stage folder); None
+    when it has none."""
+    p = Path(path)
+    for folder in (p, p / "artifact"):
+        if (folder / SPEC_FILE).is_file():
+            return folder
+    return None
 
 
 def _one_line(msg: object) -> str:

@@ -14,8 +14,8 @@ Definitions (``docs/energy.md``):
   Pruned (zero) weights cost nothing; ``count_zero_weights=True`` counts every weight position.
 * ``dense_macs``: every weight position on every in-bounds input (zeros included), what the ANN
   twin computes per step: ``sum(conv(ones_like(x), ones_like(W)))`` (NeuroBench's ``Dense``).
-* Bias additions are not counted. Pooling, BN, flatten, residual additions and every module
-  other than conv / linear add no SOPs or MACs (transposed convs are not counted either).
+* Bias additions are not counted. Pooling, BN (BNTT too), flatten, residual additions and every
+  module other than conv / linear add no SOPs or MACs (transposed convs are not counted either).
 * Neurons: ``spikes`` = output sum, ``neuron_updates`` = output numel, their ratio the rate.
 
 Counting is exact: a layer's input is reduced to its non-zero count per position (over time and

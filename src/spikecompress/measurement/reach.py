@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikecompress.measurement.spikes import is_neuron
+from spikecompress.snn.bntt import BNTT
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SYNAPTIC = (*CONVS, nn.Linear)
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-_PASS = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Identity)  # keep the neuron map
+_PASS = (nn.modules.batchnorm._BatchNorm, BNTT, nn.Dropout, nn.Identity)  # keep the neuron map
 
 
 def padded(conv: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -78,8 +79,8 @@ def reach_map(layer: nn.Module, shape: tuple, mask: torch.Tensor, zero_w: bool, 
 
 def alive_outputs(modules: list[tuple[str, nn.Module]]) -> dict[nn.Module, torch.Tensor]:
     """Synaptic layer → the ``spike_mask`` [C, ...] of the neuron it feeds directly (through
-    BatchNorm / Dropout / Identity only, in module order); synapses onto a pruned neuron are not
-    connections and their events are not SOPs (``docs/energy.md``)."""
+    BatchNorm or BNTT / Dropout / Identity only, in module order); synapses onto a pruned neuron
+    are not connections and their events are not SOPs (``docs/energy.md``)."""
     out, pending = {}, None
     for _, m in modules:
         if isinstance(m, SYNAPTIC):

@@ -13,6 +13,10 @@ arguments (lif: tau, v_threshold, v_reset (null = soft reset), decay_input, deta
 tau or decay_input; plif: init_tau instead of tau), "surrogate" (a name of ``snn.SURROGATES``) with
 that surrogate's own fields ("alpha"; "width" for rectangular), and "per_channel" (one tau /
 v_threshold / PLIF decay per channel). Omitted keys take defaults; the spec records all of them.
+
+Normalisation: ``norm`` is "bn" (default: one BatchNorm over time and batch before each neuron) or
+"bntt" (Batch Normalization Through Time, ``snn.BNTT``: one BatchNorm per time step, γ only, Kim &
+Panda 2021), which needs ``steps``, the T the model runs at (``steps`` is null for "bn").
 """
 
 from __future__ import annotations

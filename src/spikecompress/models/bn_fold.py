@@ -11,7 +11,8 @@ per output channel, computed in float64 and rounded once. The BN module is repla
 paths so that ``from_spec`` (``models.EXTRAS``) rebuilds the same structure and the artifact
 loads. Only a BN that directly follows a conv / linear layer in the same ``nn.Sequential`` is
 folded (every block of our model families); ``strict`` refuses any other BN by name (a
-SEW-ResNet's BN sits in a residual block).
+SEW-ResNet's BN sits in a residual block). A BNTT (``snn.BNTT``: one BN per time step) is always
+refused by name: its per-step scales cannot fold into one weight.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from spikecompress.snn.bntt import BNTT
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -55,8 +58,13 @@ def _give_bias_(layer: nn.Module) -> None:
 def fold_batchnorm_(model: nn.Module, strict: bool = True) -> list[str]:
     """Fold every BN of ``model`` into the layer before it (in place); returns the BN paths.
 
-    ``strict``: any BN left that cannot be folded is a ValueError naming it. Records
-    ``model.spec["folded_bn"]`` when the model has a spec."""
+    ``strict``: any BN left that cannot be folded is a ValueError naming it. A BNTT is a
+    ValueError naming it in either mode. Records ``model.spec["folded_bn"]`` when the model has a
+    spec."""
+    for name, m in model.named_modules():
+        if isinstance(m, BNTT):
+            raise ValueError(f"{name}: {type(m).__name__} (one BatchNorm per time step) cannot be "
+                             "folded: a per-step scale does not fold into one weight")
     pairs = _pairs(model)
     folded = {bpath for _, _, bpath, _, _ in pairs}
     if strict:

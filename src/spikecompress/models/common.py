@@ -5,6 +5,11 @@ ANN twin (``spiking=False``), ``nn.ReLU`` at the same place. Each block is conv 
 so BN always sits between the synaptic layer and the neuron; module names are stable (``conv``,
 ``bn``, ``act``, ``pool``; ``features``, ``classifier``) because compression code selects layers
 by fully qualified name.
+
+The BN is chosen once per model too (``norm``): "bn", one BatchNorm over time and batch together
+(the default), or "bntt", Batch Normalization Through Time (``snn.BNTT``: one BatchNorm per time
+step, γ only; Kim & Panda 2021), which needs ``steps``, the T the model runs at. Either sits at
+``bn`` (``bn{i}`` in a classifier).
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from spikecompress.models.checks import check_bool, check_choice, check_float
+from spikecompress.models.checks import check_bool, check_choice, check_float, check_int
 from spikecompress.snn import (
     NEURONS,
     SURROGATES,
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    BNTT1d,
+    BNTT2d,
     Conv1d,
     Conv2d,
     Flatten,
@@ -32,8 +39,11 @@ from spikecompress.snn import (
 )
 
 Act = Callable[[int], nn.Module]  # channels -> activation module over [T, B, channels, ...]
+# (channels, dims) -> a block's BN: dims 1 over [T, B, C] or [T, B, C, L], 2 over [T, B, C, H, W]
+Norm = Callable[[int, int], nn.Module]
 
 POOLS = ("max", "avg")
+NORMS = ("bn", "bntt")
 
 # Neuron parameters per neuron type, with defaults (SpikingJelly's names). Every neuron also takes
 # "surrogate" (a name of SURROGATES), that surrogate's own fields (e.g. "alpha") and "per_channel"
@@ -110,15 +120,45 @@ def activation(spiking: bool, neuron: str, params: dict[str, object]) -> Act:
     return act
 
 
+def resolve_norm(norm: object, steps: object) -> tuple[str, int | None]:
+    """Validate the norm choice: (``norm``, ``steps``) for the spec; ``steps`` (an int >= 1) is
+    required by "bntt" and must be None (null) for "bn"."""
+    norm = check_choice("norm", norm, NORMS)
+    if norm == "bntt":
+        if steps is None:
+            raise ValueError("steps must be an int >= 1 (the time steps T the model runs at) "
+                             "when norm is 'bntt', got None")
+        return norm, check_int("steps", steps)
+    if steps is not None:
+        raise ValueError(f"steps is only for norm 'bntt' (one BatchNorm per time step); with "
+                         f"norm 'bn' it must be null, got {steps!r}")
+    return norm, None
+
+
+def norm_factory(norm: str = "bn", steps: int | None = None) -> Norm:
+    """The BN factory of a model (arguments from ``resolve_norm``): ``make(channels, dims)``."""
+
+    def make(channels: int, dims: int) -> nn.Module:
+        if norm == "bntt":
+            return (BNTT1d if dims == 1 else BNTT2d)(channels, steps)
+        return (BatchNorm1d if dims == 1 else BatchNorm2d)(channels)
+
+    return make
+
+
+_plain_bn = norm_factory()
+
+
 def conv_bn_act(
     in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, act: Act,
-    dims: int = 2, pool: nn.Module | None = None,
+    dims: int = 2, pool: nn.Module | None = None, norm: Norm = _plain_bn,
 ) -> nn.Sequential:
-    """conv (no bias) → BN → activation [→ pool], over [T, B, C, L] (dims=1) or [T, B, C, H, W]."""
-    conv, bn = (Conv1d, BatchNorm1d) if dims == 1 else (Conv2d, BatchNorm2d)
+    """conv (no bias) → BN → activation [→ pool], over [T, B, C, L] (dims=1) or [T, B, C, H, W];
+    ``norm`` makes the BN (``norm_factory``; default a plain BN)."""
+    conv = Conv1d if dims == 1 else Conv2d
     layers = OrderedDict(
         conv=conv(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False),
-        bn=bn(out_channels),
+        bn=norm(out_channels, dims),
         act=act(out_channels),
     )
     if pool is not None:
@@ -133,7 +173,7 @@ def pool_layer(pool: str) -> nn.Module:
 
 def conv_stack(
     in_channels: int, widths: list[int], pooled: list[bool], pool: str, size: tuple[int, int],
-    act: Act,
+    act: Act, norm: Norm = _plain_bn,
 ) -> tuple[nn.Sequential, int, tuple[int, int]]:
     """Block ``i``: conv3×3 (padding 1) → BN → act of ``widths[i]`` channels [→ 2×2 pool].
 
@@ -142,13 +182,15 @@ def conv_stack(
     blocks, c = [], in_channels
     for width, pooling in zip(widths, pooled, strict=True):
         pooling_layer = pool_layer(pool) if pooling else None
-        blocks.append(conv_bn_act(c, width, 3, 1, 1, act, pool=pooling_layer))
+        blocks.append(conv_bn_act(c, width, 3, 1, 1, act, pool=pooling_layer, norm=norm))
         c = width
         size = (size[0] // 2, size[1] // 2) if pooling else size
     return nn.Sequential(*blocks), c, size
 
 
-def head(in_features: int, hidden: list[int], classes: int, act: Act) -> nn.Sequential:
+def head(
+    in_features: int, hidden: list[int], classes: int, act: Act, norm: Norm = _plain_bn
+) -> nn.Sequential:
     """Flatten → [Linear (no bias) → BN → activation] per hidden width → Linear to the logits.
 
     [T, B, ...] → [T, B, classes]; the last Linear has a bias and no neuron after it.
@@ -156,7 +198,7 @@ def head(in_features: int, hidden: list[int], classes: int, act: Act) -> nn.Sequ
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=Flatten())
     for i, width in enumerate(hidden):
         layers[f"fc{i}"] = Linear(in_features, width, bias=False)
-        layers[f"bn{i}"] = BatchNorm1d(width)
+        layers[f"bn{i}"] = norm(width, 1)
         layers[f"act{i}"] = act(width)
         in_features = width
     layers["fc"] = Linear(in_features, classes)

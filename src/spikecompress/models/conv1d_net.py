@@ -13,7 +13,15 @@ from spikecompress.models.checks import (
     check_nonempty_output,
     check_size,
 )
-from spikecompress.models.common import Network, activation, conv_bn_act, head, resolve_neuron
+from spikecompress.models.common import (
+    Network,
+    activation,
+    conv_bn_act,
+    head,
+    norm_factory,
+    resolve_neuron,
+    resolve_norm,
+)
 
 
 def conv1d_net(
@@ -26,6 +34,8 @@ def conv1d_net(
     spiking: bool = True,
     neuron: str = "lif",
     neuron_params: dict | None = None,
+    norm: str = "bn",
+    steps: int | None = None,
 ) -> Network:
     """Spiking ConvBase: [T, B, C, L] → logits [T, B, classes].
 
@@ -40,6 +50,8 @@ def conv1d_net(
         hidden: widths of hidden classifier layers (Linear → BN → neuron).
         spiking: False gives the ANN twin (ReLU in place of every neuron).
         neuron: "lif", "if" or "plif"; neuron_params: see ``spikecompress.models.common``.
+        norm: "bn" (one BatchNorm over time and batch) or "bntt" (one BatchNorm per time step,
+            γ only: ``snn.BNTT``); steps: the T of the model, required by "bntt", else null.
     """
     in_channels = check_int("in_channels", in_channels)
     input_size, (length,) = check_size("input_size", input_size, dims=1)
@@ -49,17 +61,19 @@ def conv1d_net(
     spiking = check_bool("spiking", spiking)
     neuron, neuron_params = resolve_neuron(neuron, neuron_params)
     act = activation(spiking, neuron, neuron_params)
+    norm, steps = resolve_norm(norm, steps)
+    bn = norm_factory(norm, steps)
 
     blocks, c, size = [], in_channels, length
     for i, width in enumerate(widths):
         kernel = 5 if i == 0 else 3
-        blocks.append(conv_bn_act(c, width, kernel, 2, 1, act, dims=1))
+        blocks.append(conv_bn_act(c, width, kernel, 2, 1, act, dims=1, norm=bn))
         c, size = width, (size + 2 - kernel) // 2 + 1
         check_nonempty_output("input_size", (size,))
     spec = {
         "name": "conv1d_net", "in_channels": in_channels, "input_size": input_size,
         "classes": classes, "widths": widths, "hidden": hidden, "spiking": spiking,
-        "neuron": neuron, "neuron_params": neuron_params,
+        "neuron": neuron, "neuron_params": neuron_params, "norm": norm, "steps": steps,
     }
-    classifier = head(c * size, hidden, classes, act)
+    classifier = head(c * size, hidden, classes, act, bn)
     return Network(nn.Sequential(*blocks), classifier, (in_channels, length), spec)

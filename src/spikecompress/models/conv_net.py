@@ -18,7 +18,9 @@ from spikecompress.models.common import (
     activation,
     conv_stack,
     head,
+    norm_factory,
     resolve_neuron,
+    resolve_norm,
 )
 
 
@@ -54,6 +56,8 @@ def conv_net(
     spiking: bool = True,
     neuron: str = "lif",
     neuron_params: dict | None = None,
+    norm: str = "bn",
+    steps: int | None = None,
 ) -> Network:
     """Small spiking CNN: [T, B, C, H, W] → logits [T, B, classes].
 
@@ -71,6 +75,8 @@ def conv_net(
         pool: "max" or "avg".
         spiking: False gives the ANN twin (ReLU in place of every neuron).
         neuron: "lif", "if" or "plif"; neuron_params: see ``spikecompress.models.common``.
+        norm: "bn" (one BatchNorm over time and batch) or "bntt" (one BatchNorm per time step,
+            γ only: ``snn.BNTT``); steps: the T of the model, required by "bntt", else null.
     """
     in_channels = check_int("in_channels", in_channels)
     input_size, in_size = check_size("input_size", input_size, dims=2)
@@ -82,14 +88,17 @@ def conv_net(
     spiking = check_bool("spiking", spiking)
     neuron, neuron_params = resolve_neuron(neuron, neuron_params)
     act = activation(spiking, neuron, neuron_params)
+    norm, steps = resolve_norm(norm, steps)
+    bn = norm_factory(norm, steps)
 
     pooled = [i in pools for i in range(len(widths))]
-    features, c, size = conv_stack(in_channels, widths, pooled, pool, in_size, act)
+    features, c, size = conv_stack(in_channels, widths, pooled, pool, in_size, act, bn)
     check_nonempty_output("pools", size)
     spec = {
         "name": "conv_net", "in_channels": in_channels, "input_size": input_size,
         "classes": classes, "widths": widths, "pools": pools, "hidden": hidden, "pool": pool,
-        "spiking": spiking, "neuron": neuron, "neuron_params": neuron_params,
+        "spiking": spiking, "neuron": neuron, "neuron_params": neuron_params, "norm": norm,
+        "steps": steps,
     }
-    classifier = head(c * size[0] * size[1], hidden, classes, act)
+    classifier = head(c * size[0] * size[1], hidden, classes, act, bn)
     return Network(features, classifier, (in_channels, *in_size), spec)

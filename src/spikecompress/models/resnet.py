@@ -16,25 +16,38 @@ import torch
 from torch import nn
 
 from spikecompress.models.checks import check_bool, check_int, check_int_list, check_size
-from spikecompress.models.common import Act, Network, activation, head, resolve_neuron
-from spikecompress.snn import AdaptiveAvgPool2d, BatchNorm2d, Conv2d
+from spikecompress.models.common import (
+    Act,
+    Network,
+    Norm,
+    activation,
+    head,
+    norm_factory,
+    resolve_neuron,
+    resolve_norm,
+)
+from spikecompress.snn import AdaptiveAvgPool2d, Conv2d
+
+_BN: Norm = norm_factory()
 
 
-def _init_branch(block: nn.Module, in_c: int, inner: int, out_c: int, stride: int, act: Act):
+def _init_branch(block: nn.Module, in_c: int, inner: int, out_c: int, stride: int, act: Act,
+                 norm: Norm) -> None:
     block.conv1 = Conv2d(in_c, inner, 3, stride=stride, padding=1, bias=False)
-    block.bn1 = BatchNorm2d(inner)
+    block.bn1 = norm(inner, 2)
     block.act1 = act(inner)
     block.conv2 = Conv2d(inner, out_c, 3, stride=1, padding=1, bias=False)
-    block.bn2 = BatchNorm2d(out_c)
+    block.bn2 = norm(out_c, 2)
     block.act2 = act(out_c)
 
 
-def _downsample(in_c: int, out_c: int, stride: int, act: Act | None) -> nn.Module | None:
+def _downsample(in_c: int, out_c: int, stride: int, act: Act | None,
+                norm: Norm) -> nn.Module | None:
     """1×1 conv (stride) → BN [→ neuron] when the block changes shape, else None (identity)."""
     if stride == 1 and in_c == out_c:
         return None
     layers = OrderedDict(conv=Conv2d(in_c, out_c, 1, stride=stride, bias=False),
-                         bn=BatchNorm2d(out_c))
+                         bn=norm(out_c, 2))
     if act is not None:
         layers["act"] = act(out_c)
     return nn.Sequential(layers)
@@ -48,10 +61,11 @@ class BasicBlock(nn.Module):
     [T, B, out_c, H/stride, W/stride].
     """
 
-    def __init__(self, in_c: int, inner: int, out_c: int, stride: int, act: Act) -> None:
+    def __init__(self, in_c: int, inner: int, out_c: int, stride: int, act: Act,
+                 norm: Norm = _BN) -> None:
         super().__init__()
-        _init_branch(self, in_c, inner, out_c, stride, act)
-        self.downsample = _downsample(in_c, out_c, stride, None)
+        _init_branch(self, in_c, inner, out_c, stride, act, norm)
+        self.downsample = _downsample(in_c, out_c, stride, None, norm)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x_seq)))))
@@ -67,10 +81,11 @@ class SEWBlock(nn.Module):
     2021, so that both terms are spikes. [T, B, C, H, W] → [T, B, out_c, H/stride, W/stride].
     """
 
-    def __init__(self, in_c: int, inner: int, out_c: int, stride: int, act: Act) -> None:
+    def __init__(self, in_c: int, inner: int, out_c: int, stride: int, act: Act,
+                 norm: Norm = _BN) -> None:
         super().__init__()
-        _init_branch(self, in_c, inner, out_c, stride, act)
-        self.downsample = _downsample(in_c, out_c, stride, act)
+        _init_branch(self, in_c, inner, out_c, stride, act, norm)
+        self.downsample = _downsample(in_c, out_c, stride, act, norm)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         out = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x_seq))))))
@@ -92,16 +107,16 @@ def _check_inner(inner_widths: object, widths: list[int], blocks: list[int]) -> 
 
 
 def _features(block: type, in_channels: int, widths: list[int], inner: list[list[int]],
-              act: Act) -> nn.Sequential:
+              act: Act, norm: Norm) -> nn.Sequential:
     """stem (conv3×3-BN-neuron) → stage0 … stageN (stage s > 0 starts with stride 2) → pool."""
     stem = OrderedDict(conv=Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                       bn=BatchNorm2d(widths[0]), act=act(widths[0]))
+                       bn=norm(widths[0], 2), act=act(widths[0]))
     layers: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Sequential(stem))
     c = widths[0]
     for s, (w, inner_s) in enumerate(zip(widths, inner, strict=True)):
         stage = []
         for b, mid in enumerate(inner_s):
-            stage.append(block(c, mid, w, 2 if s > 0 and b == 0 else 1, act))
+            stage.append(block(c, mid, w, 2 if s > 0 and b == 0 else 1, act, norm))
             c = w
         layers[f"stage{s}"] = nn.Sequential(*stage)
     layers["pool"] = AdaptiveAvgPool2d(1)  # [T, B, C, H, W] -> [T, B, C, 1, 1]
@@ -109,7 +124,7 @@ def _features(block: type, in_channels: int, widths: list[int], inner: list[list
 
 
 def _build(name: str, block: type, *, in_channels, input_size, classes, widths, blocks,
-           inner_widths, hidden, spiking, neuron, neuron_params) -> Network:
+           inner_widths, hidden, spiking, neuron, neuron_params, norm, steps) -> Network:
     in_channels = check_int("in_channels", in_channels)
     input_size, size = check_size("input_size", input_size, dims=2)
     classes = check_int("classes", classes)
@@ -122,13 +137,17 @@ def _build(name: str, block: type, *, in_channels, input_size, classes, widths, 
     spiking = check_bool("spiking", spiking)
     neuron, neuron_params = resolve_neuron(neuron, neuron_params)
     act = activation(spiking, neuron, neuron_params)
+    norm, steps = resolve_norm(norm, steps)
+    bn = norm_factory(norm, steps)
     spec = {
         "name": name, "in_channels": in_channels, "input_size": input_size, "classes": classes,
         "widths": widths, "blocks": blocks, "inner_widths": inner_widths, "hidden": hidden,
-        "spiking": spiking, "neuron": neuron, "neuron_params": neuron_params,
+        "spiking": spiking, "neuron": neuron, "neuron_params": neuron_params, "norm": norm,
+        "steps": steps,
     }
-    features = _features(block, in_channels, widths, inner_widths, act)
-    return Network(features, head(widths[-1], hidden, classes, act), (in_channels, *size), spec)
+    features = _features(block, in_channels, widths, inner_widths, act, bn)
+    classifier = head(widths[-1], hidden, classes, act, bn)
+    return Network(features, classifier, (in_channels, *size), spec)
 
 
 def resnet(
@@ -143,6 +162,8 @@ def resnet(
     spiking: bool = True,
     neuron: str = "lif",
     neuron_params: dict | None = None,
+    norm: str = "bn",
+    steps: int | None = None,
 ) -> Network:
     """Spiking ResNet of ``BasicBlock``s: [T, B, C, H, W] → logits [T, B, classes].
 
@@ -160,11 +181,13 @@ def resnet(
         hidden: widths of hidden classifier layers (Linear → BN → neuron).
         spiking: False gives the ANN twin (ReLU in place of every neuron).
         neuron: "lif", "if" or "plif"; neuron_params: see ``spikecompress.models.common``.
+        norm: "bn" (one BatchNorm over time and batch) or "bntt" (one BatchNorm per time step,
+            γ only: ``snn.BNTT``); steps: the T of the model, required by "bntt", else null.
     """
     return _build(
         "resnet", BasicBlock, in_channels=in_channels, input_size=input_size, classes=classes,
         widths=widths, blocks=blocks, inner_widths=inner_widths, hidden=hidden, spiking=spiking,
-        neuron=neuron, neuron_params=neuron_params,
+        neuron=neuron, neuron_params=neuron_params, norm=norm, steps=steps,
     )
 
 
@@ -180,6 +203,8 @@ def sew_resnet(
     spiking: bool = True,
     neuron: str = "lif",
     neuron_params: dict | None = None,
+    norm: str = "bn",
+    steps: int | None = None,
 ) -> Network:
     """SEW-ResNet with ADD connections (Fang et al. 2021): [T, B, C, H, W] → logits [T, B, classes].
 
@@ -189,5 +214,5 @@ def sew_resnet(
     return _build(
         "sew_resnet", SEWBlock, in_channels=in_channels, input_size=input_size, classes=classes,
         widths=widths, blocks=blocks, inner_widths=inner_widths, hidden=hidden, spiking=spiking,
-        neuron=neuron, neuron_params=neuron_params,
+        neuron=neuron, neuron_params=neuron_params, norm=norm, steps=steps,
     )

@@ -20,7 +20,9 @@ from spikecompress.models.common import (
     activation,
     conv_stack,
     head,
+    norm_factory,
     resolve_neuron,
+    resolve_norm,
 )
 
 # The layer lists of the standard VGGs: an int is a conv3×3 of that width, "M" a 2×2 pooling.
@@ -79,6 +81,8 @@ def vgg(
     spiking: bool = True,
     neuron: str = "lif",
     neuron_params: dict | None = None,
+    norm: str = "bn",
+    steps: int | None = None,
 ) -> Network:
     """Spiking VGG: [T, B, C, H, W] → logits [T, B, classes].
 
@@ -96,6 +100,8 @@ def vgg(
         pool: "max" or "avg".
         spiking: False gives the ANN twin (ReLU in place of every neuron).
         neuron: "lif", "if" or "plif"; neuron_params: see ``spikecompress.models.common``.
+        norm: "bn" (one BatchNorm over time and batch) or "bntt" (one BatchNorm per time step,
+            γ only: ``snn.BNTT``); steps: the T of the model, required by "bntt", else null.
     """
     in_channels = check_int("in_channels", in_channels)
     input_size, size = check_size("input_size", input_size, dims=2)
@@ -106,14 +112,16 @@ def vgg(
     spiking = check_bool("spiking", spiking)
     neuron, neuron_params = resolve_neuron(neuron, neuron_params)
     act = activation(spiking, neuron, neuron_params)
+    norm, steps = resolve_norm(norm, steps)
+    bn = norm_factory(norm, steps)
 
     convs, pooled = _split(layers)
-    features, c, shape = conv_stack(in_channels, convs, pooled, pool, size, act)
+    features, c, shape = conv_stack(in_channels, convs, pooled, pool, size, act, bn)
     check_nonempty_output("widths", shape)
     spec = {
         "name": "vgg", "in_channels": in_channels, "input_size": input_size, "classes": classes,
         "widths": layers, "depth": None, "hidden": hidden, "pool": pool, "spiking": spiking,
-        "neuron": neuron, "neuron_params": neuron_params,
+        "neuron": neuron, "neuron_params": neuron_params, "norm": norm, "steps": steps,
     }
-    classifier = head(c * shape[0] * shape[1], hidden, classes, act)
+    classifier = head(c * shape[0] * shape[1], hidden, classes, act, bn)
     return Network(features, classifier, (in_channels, *size), spec)

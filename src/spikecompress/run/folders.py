@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from spikecompress.export import load, read_spec
+from spikecompress.export import artifact_of, load, read_spec
 from spikecompress.export.artifact import SPEC_FILE
 from spikecompress.models import from_spec
 from spikecompress.snn.neuron import add_optional_state_
@@ -30,15 +30,6 @@ from spikecompress.train.checkpoint import POINTER, CheckpointError, load_checkp
 
 METRICS = "metrics.json"
 EFFECTIVE = "recipe.effective.yaml"
-
-
-def artifact_of(path: str | Path) -> Path | None:
-    """The artifact a folder holds: itself, or its ``artifact/``; None when it has none."""
-    p = Path(path)
-    for folder in (p, p / "artifact"):
-        if (folder / SPEC_FILE).is_file():
-            return folder
-    return None
 
 
 def load_model(path: str | Path, field: str | None = None) -> nn.Module:

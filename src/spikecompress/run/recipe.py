@@ -17,12 +17,13 @@ import math
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from spikecompress.compress.distill.teacher import STAGE_PREFIX
 from spikecompress.compress.registry import METHODS
 from spikecompress.data import DataConfig
 from spikecompress.models import MODELS
@@ -79,7 +80,10 @@ class Stage:
     data is re-encoded (event recordings re-binned into ``T`` frames) and the stage's artifact
     records it. A recipe of stages at decreasing ``T`` is progressive temporal pruning.
     ``train_on``: "train", or "holdout" (the samples ``data.holdout`` sets aside, which earlier
-    stages never saw).
+    stages never saw). ``model``: start from a freshly built model instead: the recipe's model
+    spec with these keys replaced (``{spiking: false}`` is its ANN twin, ``{widths: [...]}`` a
+    narrower student), or a whole spec when it names another builder; not with ``init``.
+    A method's ``teacher: "stage:NAME"`` names the artifact of an earlier stage.
     """
 
     name: str
@@ -90,6 +94,7 @@ class Stage:
     init: str | None = None
     T: int | None = None
     train_on: str = "train"
+    model: dict | None = None
 
     def __post_init__(self) -> None:
         if not _STAGE_NAME.fullmatch(self.name):
@@ -105,10 +110,20 @@ class Stage:
             raise ValueError(f"T must be an integer >= 1 or null (at most {MAX_T}), got {self.T!r}")
         if self.train_on not in TRAIN_SPLITS:
             raise ValueError(f"train_on must be one of {list(TRAIN_SPLITS)}, got {self.train_on!r}")
+        if self.model is not None and self.init is not None:
+            raise ValueError("model: a stage starts from a new model or from its init, not both")
 
-    def build_methods(self) -> list:
-        """Fresh method instances (their runtime state empty) for one run of this stage."""
-        return [METHODS[s["name"]](**_rest(s)) for s in self.methods]
+    def build_methods(self, stage_artifact: Callable[[str], str] | None = None) -> list:
+        """Fresh method instances (their runtime state empty) for one run of this stage;
+        ``stage_artifact(name)``: the artifact folder of an earlier stage, for ``stage:NAME``
+        teachers."""
+        methods = []
+        for s in self.methods:
+            kwargs = _rest(s)
+            if stage_artifact is not None and stage_ref(kwargs.get("teacher")) is not None:
+                kwargs["teacher"] = stage_artifact(stage_ref(kwargs["teacher"]))
+            methods.append(METHODS[s["name"]](**kwargs))
+        return methods
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,6 +155,16 @@ class Recipe:
         if twice:
             raise ValueError(f"stages.{twice[0]}.name: {names[twice[0]]!r} is used twice")
         check_count("seed", self.seed, 0, MAX_SEED)
+        for i, stage in enumerate(self.stages):
+            if stage.model is not None:
+                spec = stage_model(self, stage)
+                stage.model = _conform_keys(stage.model, _builder_hints(spec.get("name"),
+                                            f"stages.{i}.model"), f"stages.{i}.model")
+            for k, m in enumerate(stage.methods):
+                ref = stage_ref(m.get("teacher"))
+                if ref is not None and ref not in names[:i]:
+                    raise ValueError(f"stages.{i}.methods.{k}.teacher: {m['teacher']!r} names no "
+                                     f"earlier stage (earlier: {names[:i]})")
         held = [i for i, s in enumerate(self.stages) if s.train_on == "holdout"]
         if held and not self.data.holdout:
             raise ValueError(f"stages.{held[0]}.train_on: holdout needs data.holdout > 0")
@@ -155,6 +180,20 @@ class Recipe:
             raise ValueError(f"a recipe must be a mapping, got {type(d).__name__}")
         check_version(d.get("version"))
         return _from_dict(cls, d, "")
+
+
+def stage_model(recipe: Recipe, stage: Stage) -> dict:
+    """The model spec a stage with ``model`` starts from (see ``Stage``)."""
+    if stage.model.get("name", recipe.model["name"]) != recipe.model["name"]:
+        return dict(stage.model)
+    return {**recipe.model, **stage.model}
+
+
+def stage_ref(teacher: object) -> str | None:
+    """The stage name of a ``"stage:NAME"`` teacher, else None."""
+    if isinstance(teacher, str) and teacher.startswith(STAGE_PREFIX):
+        return teacher[len(STAGE_PREFIX):]
+    return None
 
 
 def _field_hints(cls: type) -> dict[str, Any]:

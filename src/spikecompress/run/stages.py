@@ -42,7 +42,7 @@ from spikecompress.measurement.metrics import measure
 from spikecompress.models import EXTRAS, from_spec
 from spikecompress.report import write_report
 from spikecompress.run.folders import EFFECTIVE, load_model
-from spikecompress.run.recipe import Recipe, Stage
+from spikecompress.run.recipe import Recipe, Stage, stage_model, stage_ref
 from spikecompress.run.recipe_files import check_run, dump_yaml, parse_yaml
 from spikecompress.train import TrainConfig, Trainer, seed_everything
 from spikecompress.train.checkpoint import POINTER, atomic_write_json, read_pointer
@@ -108,6 +108,7 @@ def _prepare(run: _Run) -> str:
     _load_stage_data(run, todo)
     for i in run.inits:
         _check_init_fits(run, i, run.inits[i])
+    _check_teachers(run, todo)
     if state == "replace":
         run.note(f"{out}: replacing the unfinished start of another recipe (no stage of it had "
                  "finished)")
@@ -153,7 +154,8 @@ def _run_stage(
 ) -> dict:
     """Attach, train (resuming), finalize, save the artifact, then metrics.json (commit point)."""
     recipe = run.recipe
-    session = attach(model, stage.build_methods(), stage=stage.name)
+    session = attach(model, stage.build_methods(lambda name: str(_artifact_of_stage(run, name))),
+                     stage=stage.name)
     opt = stage.optimizer
     cfg = TrainConfig(
         epochs=stage.epochs,
@@ -199,23 +201,41 @@ def _stage_input(run: _Run, index: int, data) -> nn.Module:
             model = load_init(stage.init, f"stages.{index}.init")
             _check_init_fits(run, index, model)
         return model
+    if stage.model is not None:
+        seed_everything(run.recipe.seed)
+        return from_spec(model_spec(stage_model(run.recipe, stage), data, stage_T(run, stage)))
     if index > 0:
         prev = run.recipe.stages[index - 1]
         return load(_stage_dir(run.out, index - 1, prev) / "artifact")
     seed_everything(run.recipe.seed)
-    return from_spec(model_spec(run.recipe.model, data))
+    return from_spec(model_spec(run.recipe.model, data, stage_T(run, stage)))
 
 
-def model_spec(model: dict, data) -> dict:
+def _artifact_of_stage(run: _Run, name: str) -> Path:
+    """The artifact folder of the stage called ``name`` in this run."""
+    i = [s.name for s in run.recipe.stages].index(name)
+    return _stage_dir(run.out, i, run.recipe.stages[i]) / "artifact"
+
+
+def stage_T(run: _Run, stage: Stage) -> int:
+    """The time steps a stage runs at."""
+    return stage_data(run.recipe, stage).T
+
+
+def model_spec(model: dict, data, T: int | None = None) -> dict:
     """``model`` with the keys the data decides filled in when absent: ``classes``, and
-    ``in_features`` (mlp) or ``in_channels`` + ``input_size`` (the rest)."""
+    ``in_features`` (mlp) or ``in_channels`` + ``input_size`` (the rest); ``steps`` = ``T`` for
+    a model with BNTT (``norm: bntt``: one BatchNorm per time step)."""
     filled = {"classes": data.classes}
     if model["name"] == "mlp":
         filled["in_features"] = math.prod(data.input_shape)
     else:
         filled["in_channels"] = data.input_shape[0]
         filled["input_size"] = data.input_shape[-1]
-    return {**filled, **model}
+    spec = {**filled, **model}
+    if spec.get("norm") == "bntt" and spec.get("steps") is None and T is not None:
+        spec["steps"] = T
+    return spec
 
 
 def load_init(path: str | Path, field: str = "init") -> nn.Module:
@@ -247,6 +267,22 @@ def _check_init_fits(run: _Run, index: int, model: nn.Module) -> None:
                 f"stages.{index}.init: the {spec['name']} model in {stage.init} has {key} "
                 f"{spec[key]}, but the data {data.name!r} needs {want[key]}"
             )
+
+
+def _check_teachers(run: _Run, todo: list[int]) -> None:
+    """Every teacher a stage names by path loads and has its stage's classes (one line naming
+    the field); ``stage:NAME`` teachers are this run's own and checked by the recipe."""
+    for i in todo:
+        stage = run.recipe.stages[i]
+        classes = run.data[stage_data(run.recipe, stage).T].classes
+        for k, m in enumerate(stage.methods):
+            teacher, field = m.get("teacher"), f"stages.{i}.methods.{k}.teacher"
+            if not isinstance(teacher, str) or stage_ref(teacher) is not None:
+                continue
+            spec = getattr(load_init(teacher, field), "spec", None) or {}
+            if spec.get("classes", classes) != classes:
+                raise ValueError(f"{field}: the teacher in {teacher} has {spec['classes']} "
+                                 f"classes, the data {classes}")
 
 
 def _inside(path: str | Path, out: Path) -> bool:

@@ -67,7 +67,8 @@ class Trainer:
         self.steps_per_epoch = len(data.train)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if session is not None:
-            session.bind(self.opt, self._lr_at, self.total_steps, self.steps_per_epoch)
+            session.bind(self.opt, self._lr_at, self.total_steps, self.steps_per_epoch,
+                         cfg.loss)
         self.step, self.history = 0, []
         self.progress = Progress(enabled=verbose and rank == 0)
         where = self.meta.get("stage") and f"stage {self.meta['stage']!r}"

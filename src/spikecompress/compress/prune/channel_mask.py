@@ -14,6 +14,11 @@ m ⊙ that, zero for every masked channel).
     dense_gamma_grad(model, group)          # [group.size] from the last backward
     ungate_(model)                           # remove the gates, keeping γ⊙m, β⊙m
     zero_channels_(model, group, mask)       # the other way: zero filters, γ, β in place once
+
+A BNTT (``snn.BNTT``: one BN per time step, γ only) keeps its channels in dim 1 of γ [steps, C]:
+its gate masks that dim (every step of a channel together), and a value read per channel (the
+dense γ-gradient, a score) sums or averages its steps as if each step were one BN of the group
+(``channel_rows``). With no β, gating γ alone makes a gated channel exactly 0.
 """
 
 from __future__ import annotations
@@ -23,18 +28,40 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spikecompress.compress.prune.groups import ChannelGroup
+from spikecompress.snn.bntt import BNTT
+
+
+def channel_dim(module: nn.Module) -> int:
+    """The channel dimension of ``module``'s per-channel tensors: 1 for a BNTT's [steps, C],
+    else 0 (conv / Linear rows, BN vectors)."""
+    return 1 if isinstance(module, BNTT) else 0
+
+
+def channel_rows(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (one of ``module``'s per-channel tensors, or its gradient) as rows [R, C]: a BNTT's
+    [steps, C] as it is (one row per step), a BN's [C] as one row."""
+    return t if isinstance(module, BNTT) else t.reshape(1, -1)
+
+
+def _along(mask: torch.Tensor, t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``mask`` [C] shaped to broadcast along dim ``dim`` of ``t``."""
+    shape = [1] * t.dim()
+    shape[dim] = -1
+    return mask.to(t.device, t.dtype).view(shape)
 
 
 class ChannelGate(nn.Module):
-    """Parametrization ``w ↦ w ⊙ mask`` along dim 0; keeps the gated tensor's last gradient."""
+    """Parametrization ``w ↦ w ⊙ mask`` along dim ``dim`` (0; 1 for a BNTT's [steps, C]); keeps
+    the gated tensor's last gradient."""
 
-    def __init__(self, mask: torch.Tensor) -> None:
+    def __init__(self, mask: torch.Tensor, dim: int = 0) -> None:
         super().__init__()
         self.register_buffer("mask", mask.detach().clone().float())
+        self.dim = dim
         self.grad: torch.Tensor | None = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        out = w * self.mask.to(w.dtype).view(-1, *([1] * (w.dim() - 1)))  # [C] -> [C, 1, ...]
+        out = w * _along(self.mask, w, self.dim)  # [C] -> [C, 1, ...] (dim 0) or [1, C] (dim 1)
         if out.requires_grad:
             out.register_hook(self._capture)
         return out
@@ -66,7 +93,7 @@ def gate_channels_(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) ->
     for module, name in _targets(model, group):
         gate = gate_of(module, name)
         if gate is None:
-            gate = ChannelGate(mask.to(getattr(module, name).device))
+            gate = ChannelGate(mask.to(getattr(module, name).device), channel_dim(module))
             parametrize.register_parametrization(module, name, gate)
         else:
             gate.mask.copy_(mask)
@@ -80,13 +107,14 @@ def channel_mask(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
 
 
 def dense_gamma_grad(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Σ over the group's BNs of ∂L/∂(γ⊙m) from the last backward, [size] (zeros before one)."""
+    """Σ over the group's BNs (a BNTT's steps each count as one) of ∂L/∂(γ⊙m) from the last
+    backward, [size] (zeros before one)."""
     total = torch.zeros(group.size)
     modules = dict(model.named_modules())
     for n in group.bns:
         gate = gate_of(modules[n], "weight")
         if gate is not None and gate.grad is not None:
-            total += gate.grad.detach().cpu()
+            total += channel_rows(modules[n], gate.grad.detach()).sum(0).cpu()
     return total
 
 
@@ -111,7 +139,7 @@ def zero_channels_(model: nn.Module, group: ChannelGroup, mask: torch.Tensor) ->
         for t in ("weight", "bias"):
             p = raw_tensor(modules[n], t)
             if p is not None:
-                p.mul_(mask.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1))))  # [C]->[C,1..]
+                p.mul_(_along(mask, p, channel_dim(modules[n])))  # [C] -> [C, 1, ...] or [1, C]
 
 
 def raw_tensor(module: nn.Module, name: str) -> torch.Tensor | None:

@@ -8,7 +8,9 @@ internal views look like channel reshapes (as we measured with Torch-Pruning 1.6
 graph is built every neuron is swapped for a ``NeuronStandIn`` (an identity that remembers its
 channel count and slices the real neuron's per-channel threshold, tau, PLIF decay and spike mask
 when Torch-Pruning prunes it), and our time-folded layers run their plain torch forward on one
-time step [B, ...]. Both are restored on exit, whatever happens.
+time step [B, ...]. Both are restored on exit, whatever happens. A BNTT (``snn.BNTT``, one BN per
+time step) traces as an identity on that step and has its own pruner, which slices dim 1 (the
+channels) of its γ and running statistics [steps, C]; it is listed among a group's ``bns``.
 
     groups = channel_groups(model)        # [ChannelGroup(name="features.0.conv", size=16, ...)]
 
@@ -33,6 +35,7 @@ from torch import nn
 
 from spikecompress.compress.targets import compile_patterns
 from spikecompress.snn import layers as seq
+from spikecompress.snn.bntt import BNTT
 from spikecompress.snn.neuron import NEURONS
 
 # neuron tensors with one row per channel
@@ -49,8 +52,9 @@ def is_neuron(module: nn.Module) -> bool:
 @dataclass
 class ChannelGroup:
     """Channels that are removed together: ``size`` channels produced by ``producers`` (conv or
-    Linear outputs), normalised by ``bns``, fired by ``neurons`` and read by ``consumers``
-    (conv or Linear inputs). All entries are qualified module names."""
+    Linear outputs), normalised by ``bns`` (BatchNorms, or BNTTs whose channels are dim 1 of
+    their [steps, C] tensors), fired by ``neurons`` and read by ``consumers`` (conv or Linear
+    inputs). All entries are qualified module names."""
 
     name: str
     size: int
@@ -110,7 +114,31 @@ def _neuron_pruner():
     return NeuronPruner()
 
 
+def _bntt_pruner():
+    """Torch-Pruning's pruner for ``BNTT`` (in = out channels; dim 1 of its [steps, C] tensors)."""
+    import torch_pruning as tp
+
+    class BNTTPruner(tp.pruner.function.BasePruningFunc):
+        TARGET_MODULES = (BNTT,)
+
+        def prune_out_channels(self, layer: BNTT, idxs: Sequence[int]) -> nn.Module:
+            drop = set(int(i) for i in idxs)
+            layer.keep_channels_(torch.tensor([c for c in range(layer.num_features)
+                                               if c not in drop]))
+            return layer
+
+        prune_in_channels = prune_out_channels  # couples input and output channels
+
+        def get_out_channels(self, layer: BNTT) -> int:
+            return layer.num_features
+
+        get_in_channels = get_out_channels
+
+    return BNTTPruner()
+
+
 _PLAIN: dict[type, object] = {
+    BNTT: lambda self, x: x.clone(),  # its own node, as a BN's; values do not matter to tracing
     seq.Conv1d: nn.Conv1d.forward, seq.Conv2d: nn.Conv2d.forward,
     seq.BatchNorm1d: nn.BatchNorm1d.forward, seq.BatchNorm2d: nn.BatchNorm2d.forward,
     seq.Linear: nn.Linear.forward, seq.MaxPool1d: nn.MaxPool1d.forward,
@@ -184,10 +212,13 @@ def dependency_graph(model: nn.Module, example: torch.Tensor | None = None):
     x = example_input(model, example)
     plain_net = example is None and hasattr(model, "features") and hasattr(model, "classifier")
     forward = (lambda m, inp: m.classifier(m.features(inp))) if plain_net else None
+    pruners = {NeuronStandIn: _neuron_pruner()}
+    bntt = _bntt_pruner()
+    # by exact class, as Torch-Pruning looks pruners up (a parametrized BNTT is a subclass)
+    pruners.update({type(m): bntt for m in model.modules() if isinstance(m, BNTT)})
     with torch.enable_grad():
         return tp.DependencyGraph().build_dependency(
-            model, example_inputs=x, forward_fn=forward,
-            customized_pruners={NeuronStandIn: _neuron_pruner()},
+            model, example_inputs=x, forward_fn=forward, customized_pruners=pruners,
         )
 
 
@@ -200,7 +231,7 @@ def _describe(graph, group, stand_ins: dict[int, str]) -> ChannelGroup:
             out.neurons.append(stand_ins[id(module)])
         elif not name:  # Torch-Pruning's own nodes (element-wise ops, reshapes, concat)
             continue
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm | BNTT):
             out.bns.append(name)
         elif graph.is_out_channel_pruning_fn(handler):
             out.producers.append(name)

@@ -76,7 +76,12 @@ import torch
 from torch import nn
 
 from spikecompress.compress.method import Context
-from spikecompress.compress.prune.channel_mask import gate_of, raw_tensor, zero_channels_
+from spikecompress.compress.prune.channel_mask import (
+    channel_rows,
+    gate_of,
+    raw_tensor,
+    zero_channels_,
+)
 from spikecompress.compress.prune.channel_pruning import (
     gate_,
     ramp,
@@ -337,7 +342,7 @@ class SCA:
                 if grad is None:
                     raise RuntimeError("sca regrows by the γ-gradient of the last mini-batch: "
                                        "call loss.backward() before session.after_step")
-                total += grad.detach().abs().cpu()
+                total += channel_rows(modules[n], grad.detach().abs()).sum(0).cpu()
             out[g.name] = total
         return out
 
@@ -385,6 +390,6 @@ class SCA:
             for n in g.bns:
                 gate = gate_of(modules[n], "weight")
                 if gate is not None and gate.grad is not None:
-                    grad = gate.grad.detach().abs()  # stays on the model's device
+                    grad = channel_rows(modules[n], gate.grad.detach().abs()).sum(0)  # on device
                     self.grads_[g.name] = self.grads_[g.name].to(grad.device) + grad
         self.grad_steps_ += 1

@@ -93,7 +93,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spikecompress.compress.method import Context
-from spikecompress.compress.prune.channel_mask import ChannelGate, gate_of
+from spikecompress.compress.prune.channel_mask import ChannelGate, channel_dim, gate_of
 from spikecompress.compress.prune.channel_pruning import (
     ChannelDriver,
     check_fraction,
@@ -349,9 +349,9 @@ class SDSNN:
             revived = was & ~d
             for bn in bns:
                 if getattr(bn, "running_mean", None) is not None:  # a dead channel's mean stays 0
-                    dev = bn.running_mean.device
-                    bn.running_mean[(d | revived).to(dev)] = 0.0
-                    bn.running_var[revived.to(dev)] = 1.0
+                    dev, lead = bn.running_mean.device, (slice(None),) * channel_dim(bn)
+                    bn.running_mean[(*lead, (d | revived).to(dev))] = 0.0  # BNTT: every step
+                    bn.running_var[(*lead, revived.to(dev))] = 1.0
 
     def rates(self) -> list[float]:
         """The pruning rate (percent of rows) of every pruned layer, in model order."""

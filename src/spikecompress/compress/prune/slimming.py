@@ -16,7 +16,9 @@ then fine-tuning. In an SNN the BN sits between conv and neuron, so γ scales ea
 current. β is not penalised (as in Liu et al.).
 
 The scorer is ``gamma_scores`` (mean |γ| over a group's BNs); selection, the target, gating and
-removal are the channel driver's (``channel_pruning``). Our choices:
+removal are the channel driver's (``channel_pruning``). A BNTT (``snn.BNTT``, one BN per time
+step) counts as one BN per step: its channel's score is the mean |γ| over the steps, and the
+penalty covers every step's γ. Our choices:
 
 * channels are the groups of ``groups.channel_groups`` (residual-coupled channels are one group,
   removed together); by default **every** group with a BN γ — conv groups and hidden
@@ -57,6 +59,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spikecompress.compress.method import Context, zero_loss
+from spikecompress.compress.prune.channel_mask import channel_rows
 from spikecompress.compress.prune.channel_pruning import (
     ChannelDriver,
     check_fraction,
@@ -84,12 +87,14 @@ def bn_l1_penalty(model: nn.Module, groups: Sequence[ChannelGroup]) -> torch.Ten
 
 
 def gamma_scores(model: nn.Module, groups: Sequence[ChannelGroup]) -> dict[str, torch.Tensor]:
-    """The slimming scorer: {group: mean |γ| over its BNs, [C]} (detached, on the CPU)."""
+    """The slimming scorer: {group: mean |γ| over its BNs, [C]} (detached, on the CPU; each step
+    of a BNTT counts as one BN)."""
     modules = dict(model.named_modules())
     out = {}
     for g in groups:
-        gammas = [bn_gamma(modules[n]).detach().abs().float().cpu() for n in g.bns]
-        out[g.name] = torch.stack(gammas).mean(0)  # [#BN, C] -> [C]
+        gammas = [channel_rows(modules[n], bn_gamma(modules[n]).detach().abs().float().cpu())
+                  for n in g.bns]
+        out[g.name] = torch.cat(gammas).mean(0)  # [#BN (steps), C] -> [C]
     return out
 
 

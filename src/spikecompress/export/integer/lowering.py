@@ -28,6 +28,7 @@ from spikecompress.export.integer.program import IntegerSNN
 from spikecompress.models.common import Network
 from spikecompress.models.resnet import BasicBlock, SEWBlock
 from spikecompress.snn import layers as L
+from spikecompress.snn.bntt import BNTT
 from spikecompress.snn.integer import int_neuron
 from spikecompress.snn.neuron import IF, LIF, PLIF
 
@@ -229,7 +230,13 @@ def to_integer(model: nn.Module, in_shape: Shape | None = None) -> IntegerSNN:
         raise ValueError(f"{type(model).__name__} has no in_shape: pass in_shape=(C, ...) to "
                          "to_integer")
     low = _Lowering(tuple(int(s) for s in in_shape))
-    for path, m in list(_network_leaves(model)):  # the structure first, then each module
+    leaves = list(_network_leaves(model))  # the structure first, then each module
+    for path, m in leaves:
+        if isinstance(m, BNTT):
+            raise ValueError(f"{path}: {type(m).__name__} (one BatchNorm per time step) cannot "
+                             "be lowered to the integer SNN: a per-step scale does not fold into "
+                             "one weight")
+    for path, m in leaves:
         if isinstance(m, _BN):
             raise ValueError(f"{path}: BatchNorm left in the model cannot be lowered (fold it "
                              "into the layer before it, as the quantization methods' finalize "
