@@ -16,6 +16,7 @@ samples whose integer-SNN logits equal the model's bit for bit. Results stream t
 
     python benchmarks/quantization.py --task digits --out docs/quant_digits.jsonl
     python benchmarks/quantization.py --task mnist1d --dense runs/x/stages/0-dense/artifact
+    python benchmarks/quantization.py --table docs/quant_mnist1d.jsonl      # the Markdown table
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def configs() -> list[dict]:
     for bits in (8, 4, 3, 2, 1):  # the whole network on the integer grid (defaults: LS per channel)
         for mbits in (8, 4, 2):
             rows.append({"name": "uniform_quant", "weight_bits": bits, "membrane_bits": mbits})
+    for bits in (8, 4, 2):  # post-training, one shot: round the dense weights, no fine-tune
+        rows.append({"name": "uniform_quant", "weight_bits": bits, "mode": "ptq", "epochs": 0})
     for bits in (2, 1):  # first and last layer at 8 bits
         for mbits in (None, 4):
             rows.append({"name": "uniform_quant", "weight_bits": bits, "edge_bits": 8,
@@ -83,6 +86,44 @@ def agreement(model, data) -> float | None:
     return same / n
 
 
+def label(cfg: dict) -> str:
+    """A row's name in the table: ``uniform W4 lsq per-ch``, ``uniform W2 edge 8 + U4``, ..."""
+    name = cfg["name"]
+    if name == "dense":
+        return "dense fp32"
+    if name == "uniform_quant":
+        text = f"uniform W{cfg['weight_bits']}"
+        if "scale" in cfg:
+            text += f" {cfg['scale']} {'per-ch' if cfg['per_channel'] else 'per-tensor'}"
+        if cfg.get("mode") == "ptq":
+            text += " PTQ one-shot"
+        if cfg.get("edge_bits"):
+            text += f" edge {cfg['edge_bits']}"
+        return text + (f" + U{cfg['membrane_bits']}" if cfg.get("membrane_bits") else "")
+    if name == "mint":
+        return f"mint W{cfg['weight_bits']} U{cfg['membrane_bits']}"
+    if name == "admm_quant":
+        return f"admm_quant W{cfg['weight_bits']}"
+    if name == "weight_sharing":
+        return f"weight_sharing k={cfg['clusters']}"
+    return name
+
+
+def table(path: Path) -> str:
+    """The Markdown table of a JSON-lines result file."""
+    lines = ["| configuration | accuracy | bytes on disk | L0 nJ | L1 nJ | profile | integer SNN = "
+             "model |", "|---|---|---|---|---|---|---|"]
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if "error" in r:
+            lines.append(f"| {label(r['config'])} | error: {r['error']} | | | | | |")
+            continue
+        agree = "—" if r["integer_agreement"] is None else f"{100 * r['integer_agreement']:.0f} %"
+        lines.append(f"| {label(r['config'])} | {100 * r['accuracy']:.2f} % | {r['bytes']:,} | "
+                     f"{r['L0'] / 1000:.1f} | {r['L1'] / 1000:.1f} | {r['profile']} | {agree} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", choices=list(TASKS), default="digits")
@@ -91,7 +132,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="comma-separated method names")
+    ap.add_argument("--match", default=None, help="only rows whose label contains this")
+    ap.add_argument("--table", default=None, help="print the table of a JSON-lines file")
     args = ap.parse_args()
+    if args.table:
+        print(table(Path(args.table)))
+        return
     torch.set_num_threads(args.threads)
     spec, dense_epochs, dense_lr = TASKS[args.task]
     data = load_data(DataConfig(name=args.task, T=4, batch_size=64))
@@ -110,16 +156,17 @@ def main() -> None:
     out.write_text(json.dumps(rows[0]) + "\n")
     only = set(args.only.split(",")) if args.only else None
     for cfg in configs():
-        if only and cfg["name"] not in only:
+        if only and cfg["name"] not in only or args.match and args.match not in label(cfg):
             continue
         torch.manual_seed(0)
         model = copy.deepcopy(dense).train()
         start = time.perf_counter()
         try:
-            method = METHODS[cfg["name"]](**{k: v for k, v in cfg.items() if k != "name"})
+            method = METHODS[cfg["name"]](**{k: v for k, v in cfg.items()
+                                             if k not in ("name", "epochs")})
             session = attach(model, [method])
-            Trainer(model, data, TrainConfig(epochs=args.epochs, lr=1e-3, seed=0),
-                    session=session, verbose=False).fit()
+            Trainer(model, data, TrainConfig(epochs=cfg.get("epochs", args.epochs), lr=1e-3,
+                                             seed=0), session=session, verbose=False).fit()
             model = session.finalize().eval()
             m = sc.measure(model, data, latency_repeats=1)
             row = {"config": cfg, "accuracy": m.accuracy, "bytes": m.size_bytes,
