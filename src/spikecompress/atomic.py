@@ -32,6 +32,25 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
+def write_pair(data_path: Path, data: bytes, commit_path: Path, commit: bytes) -> None:
+    """Write a data file, then the file that commits it (a JSON naming the data's bytes), each
+    atomically; on a failure in between, put the previous data file back, so the old pair stays
+    consistent (or, with none before, no orphan data file is left)."""
+    old = data_path.read_bytes() if data_path.is_file() else None
+    with atomic_writer(data_path) as f:
+        f.write(data)
+    try:
+        with atomic_writer(commit_path) as f:
+            f.write(commit)
+    except BaseException:
+        if old is None:
+            data_path.unlink(missing_ok=True)
+        else:
+            with atomic_writer(data_path) as f:
+                f.write(old)
+        raise
+
+
 def _umask() -> int:
     """The process's umask: read from /proc on Linux (no change, thread safe), elsewhere set and
     restored at once."""

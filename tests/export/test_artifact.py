@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import spikecompress.atomic as atomic_mod
 import spikecompress.export.artifact as artifact_mod
 from spikecompress.export import ArtifactError, load, read_spec, save, size_bytes
 from spikecompress.export.packing import bit_view
@@ -266,7 +267,7 @@ def test_overwrite_and_failed_saves_leave_the_previous_artifact(tmp_path, monkey
             save(new, path)
     _assert_same(old, load(path))
 
-    real_writer = artifact_mod.atomic_writer
+    real_writer = atomic_mod.atomic_writer
     for victim in ["model.safetensors", "spec.json"]:
         def writer(target, victim=victim):
             if target.name == victim:
@@ -274,7 +275,7 @@ def test_overwrite_and_failed_saves_leave_the_previous_artifact(tmp_path, monkey
             return real_writer(target)
 
         with monkeypatch.context() as m:
-            m.setattr(artifact_mod, "atomic_writer", writer)
+            m.setattr(atomic_mod, "atomic_writer", writer)  # the pair writer's own writes
             with pytest.raises(OSError):
                 save(new, path)
         _assert_same(old, load(path))

@@ -8,7 +8,7 @@ user's ``meta`` (T, exit policies, quantization parameters), the per-tensor stor
 the byte count and sha256 of the tensor file. Loading reads safetensors and JSON only (never
 pickle), checks the tensor file against the recorded sha256 and rebuilds the model bit for bit.
 
-Writes go through ``atomic_writer``, tensor file first and spec.json last (the commit point).
+Writes go through ``atomic.write_pair``, tensor file first and spec.json last (the commit point).
 Everything is encoded in memory before the first write, and a failure while writing spec.json
 puts the previous tensor file back, so a failed save leaves a previous artifact intact.
 """
@@ -26,7 +26,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from spikecompress._version import __version__
-from spikecompress.atomic import atomic_writer
+from spikecompress.atomic import write_pair
 from spikecompress.export import codec
 from spikecompress.models import from_spec
 from spikecompress.snn.neuron import add_optional_state_
@@ -115,26 +115,8 @@ def save(model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
         "library_version": __version__, "model": spec, "meta": meta,
         "tensor_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "tensors": entries,
     }
-    _write(path, data, _spec_bytes(doc))
+    write_pair(path / TENSOR_FILE, data, path / SPEC_FILE, _spec_bytes(doc))
     return path
-
-
-def _write(path: Path, data: bytes, spec_text: bytes) -> None:
-    """Tensor file first, spec.json last; on a failure in between, restore the old tensor file."""
-    tensor_path, spec_path = path / TENSOR_FILE, path / SPEC_FILE
-    old = tensor_path.read_bytes() if tensor_path.is_file() else None
-    with atomic_writer(tensor_path) as f:
-        f.write(data)
-    try:
-        with atomic_writer(spec_path) as f:
-            f.write(spec_text)
-    except BaseException:
-        if old is None:
-            tensor_path.unlink(missing_ok=True)
-        else:
-            with atomic_writer(tensor_path) as f:
-                f.write(old)
-        raise
 
 
 def _read(file: Path) -> bytes:

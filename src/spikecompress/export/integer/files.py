@@ -2,7 +2,7 @@
 
 Saved as a folder holding ``integer.safetensors`` (every tensor) and ``integer.json`` (format,
 input shape and quantizer, the ops with their bits, each tensor's dtype and shape, the tensor
-file's byte count and sha256), written atomically (``atomic_writer``), tensor file first and
+file's byte count and sha256), written atomically (``atomic.write_pair``), tensor file first and
 JSON last (the commit point). ``load_integer`` validates everything (tensors present, dtypes,
 shapes, codes within their bits, the ops' shapes chain) and refuses a mismatch with one line
 naming file and tensor.
@@ -19,7 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from spikecompress._version import __version__
-from spikecompress.atomic import atomic_writer
+from spikecompress.atomic import write_pair
 from spikecompress.export.artifact import ArtifactError
 from spikecompress.export.integer.ops import _TENSOR_DTYPES, OPS
 from spikecompress.export.integer.program import IntegerSNN
@@ -53,20 +53,7 @@ def save_integer(program: IntegerSNN, path: str | Path) -> Path:
         "tensor_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
     }
     text = json.dumps(doc, indent=1, allow_nan=False).encode()
-    tensor_path, spec_path = path / TENSOR_FILE, path / SPEC_FILE
-    old = tensor_path.read_bytes() if tensor_path.is_file() else None
-    with atomic_writer(tensor_path) as f:
-        f.write(data)
-    try:
-        with atomic_writer(spec_path) as f:
-            f.write(text)
-    except BaseException:  # put the previous tensor file back: the old pair stays consistent
-        if old is None:
-            tensor_path.unlink(missing_ok=True)
-        else:
-            with atomic_writer(tensor_path) as f:
-                f.write(old)
-        raise
+    write_pair(path / TENSOR_FILE, data, path / SPEC_FILE, text)
     return path
 
 
