@@ -9,8 +9,9 @@ Tasks: ``w128`` / ``w64`` = MNIST-1D conv1d_net of that width (T=4, dense 60 epo
 cosine), ``events`` = event digits conv_net [16, 32, 64] (T=4, dense 30 epochs lr 5e-3). Every
 method gets the same budget after the dense checkpoint: ``--epochs`` (default 45) epochs of Adam
 lr 1e-3 with a cosine schedule. ESL trains sparse from scratch, so it gets the dense epochs plus
-the same 45 (the same total). Results land in ``runs/bench_unstructured/<task>/``; a run whose
-JSON exists is skipped (re-running the command resumes a sweep).
+the same 45 (the same total). A variant ending in ``+kd`` adds ``kl_kd`` with the dense
+checkpoint as teacher (``admm@0.95+kd``). Results land in ``runs/bench_unstructured/<task>/``;
+a run whose JSON exists is skipped (re-running the command resumes a sweep).
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def run(task: str, variant: str, seed: int, epochs: int) -> Path:
             epochs = epochs + TASKS[task][3]
         else:
             model = copy.deepcopy(dense)
-        session = attach(model, [method_for(variant)])
+        base, kd = variant.removesuffix("+kd"), variant.endswith("+kd")
+        methods = [method_for(base)]
+        if kd:  # distillation from the dense checkpoint (also for ESL, which starts fresh)
+            methods.append(METHODS["kl_kd"](teacher=copy.deepcopy(dense).eval()))
+        session = attach(model, methods)
         lr = TASKS[task][4] if fresh else 1e-3
         t0 = time.perf_counter()
         schedule = "constant" if variant.startswith("stds_const") else "cosine"
