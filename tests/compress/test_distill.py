@@ -181,6 +181,10 @@ def test_teacher_from_an_artifact_or_run_folder_and_bad_teachers_named(tmp_path)
         attach(_student(), [KLDistillation(teacher=str(tmp_path / "run"))])
     with pytest.raises(ValueError, match="teacher: the teacher has 5 classes, the student 10"):
         attach(_student(), [KLDistillation(teacher=_student(classes=5))])
+    torch.manual_seed(0)
+    wide = build("conv_net", in_channels=1, input_size=10, classes=10, widths=[4, 8])
+    with pytest.raises(ValueError, match=r"teacher: the teacher takes inputs of shape \[1, 10"):
+        attach(_student(), [KLDistillation(teacher=wide)])
     with pytest.raises(ValueError, match="teacher: 'stage:dense' names a stage"):
         attach(_student(), [KLDistillation(teacher="stage:dense")])
     for bad, field in [({"alpha": 1.5}, "alpha"), ({"tau": 0}, "tau"), ({"teacher": ""}, "teacher"),
