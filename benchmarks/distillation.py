@@ -18,7 +18,6 @@ conv_net teacher [32, 64, 128], student [8, 16, 32] (T = 4).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -82,7 +81,7 @@ def run(task: str, out: Path, epochs: int, seeds: list[int], only: set[str] | No
             options = {"norm": "bntt", "steps": 4} if bntt else {}
             student = build(**spec, widths=s_widths, **options)
             methods = [] if method is None else [
-                METHODS[method](teacher=copy.deepcopy(teachers[teacher]))]
+                METHODS[method](teacher=teachers[teacher])]
             start = time.perf_counter()
             model = _train(student, data, epochs, lr, seed, methods)
             row = {"task": task, "config": name, "seed": seed,

@@ -95,7 +95,7 @@ def run(task: str, variant: str, seed: int, epochs: int) -> Path:
         base, kd = variant.removesuffix("+kd"), variant.endswith("+kd")
         methods = [method_for(base)]
         if kd:  # distillation from the dense checkpoint (also for ESL, which starts fresh)
-            methods.append(METHODS["kl_kd"](teacher=copy.deepcopy(dense).eval()))
+            methods.append(METHODS["kl_kd"](teacher=dense))  # a frozen copy
         session = attach(model, methods)
         lr = TASKS[task][4] if fresh else 1e-3
         t0 = time.perf_counter()

@@ -51,15 +51,19 @@ def test_teacher_is_frozen_no_grads_and_bn_statistics_unchanged(cls):
     teacher.train()  # even handed over in train mode
     before = copy.deepcopy(teacher.state_dict())
     student = _student()
-    session = attach(student, [cls(teacher=teacher)])
+    method = cls(teacher=teacher)
+    session = attach(student, [method])
+    frozen = method.teacher_.model
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     for seed in range(3):
         student.train()
         _step(student, session, opt, seed)
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    assert not teacher.training
-    after = teacher.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # running stats included
+    assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+    assert not frozen.training
+    for model in (frozen, teacher):  # the frozen copy, and the caller's model left as it was
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # running stats included
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
 
 
 @pytest.mark.parametrize("cls", METHODS)

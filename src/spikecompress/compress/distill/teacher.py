@@ -9,7 +9,7 @@ A teacher is named by ``teacher`` (a method field):
   JSON, never pickle), ANN or SNN;
 * ``"stage:NAME"``: the artifact of an earlier stage of the same recipe (``spikecompress run``
   resolves it to that stage's folder before the stage starts);
-* an ``nn.Module`` (Python only).
+* an ``nn.Module`` (Python only; a copy is frozen, the caller's model is left as it is).
 
 The teacher is frozen: ``eval()`` (BN running statistics never move), ``requires_grad_(False)``,
 its forward under ``torch.no_grad``. It runs on the student's input sequence; ``T`` (or, for a
@@ -54,10 +54,8 @@ def load_teacher(teacher: object, student: nn.Module, field: str = "teacher") ->
     """The teacher model ``teacher`` names (see the module docstring), checked against the
     student: the same classes and the same input shape where both models declare them."""
     check_source(teacher, field)
-    if teacher is None:
-        model = copy.deepcopy(student)
-    elif isinstance(teacher, nn.Module):
-        model = teacher
+    if teacher is None or isinstance(teacher, nn.Module):  # a copy: the caller's stays as is
+        model = copy.deepcopy(student if teacher is None else teacher)
     elif teacher.startswith(STAGE_PREFIX):
         raise ValueError(f"{field}: {teacher!r} names a stage of a recipe; `spikecompress run` "
                          f"resolves it (in Python, pass a model or an artifact path)")
