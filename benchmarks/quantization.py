@@ -7,8 +7,9 @@ float membrane (max-|W|, learned LSQ or least-squares scale, per tensor or per c
 the whole network on the integer grid at membrane bits 8/4/2 (its defaults: least-squares scale
 per channel), with and without 8-bit first and last layers; ``mint`` at weight × membrane bits
 8/4/2 × 8/4/2; ``admm_quant`` at 8/4/3/2 bits; ``weight_sharing`` at 256/16/8/4 clusters;
-``binary``; ``istbp``. Membrane bits apply to the methods that have them (``uniform_quant``,
-``mint``; ``istbp`` keeps its own 16-bit integer membrane). Each row: accuracy, bytes on
+``binary``; ``istbp``; 2-bit weights with ``kl_kd`` from the dense model. Membrane bits apply
+to the methods that have them (``uniform_quant``, ``mint``; ``istbp`` keeps its own 16-bit
+integer membrane). Each row: accuracy, bytes on
 disk, L0/L1 energy per sample with the profile ``measure`` picks (45nm-int8 for models on the
 integer grid, else 45nm fp32 — say which), and for every model that lowers, the share of test
 samples whose integer-SNN logits equal the model's bit for bit. Results stream to ``--out``
@@ -67,6 +68,8 @@ def configs() -> list[dict]:
     rows += [{"name": "admm_quant", "weight_bits": b} for b in (8, 4, 3, 2)]
     rows += [{"name": "weight_sharing", "clusters": k} for k in (256, 16, 8, 4)]
     rows += [{"name": "binary"}, {"name": "istbp"}]
+    for edge in (None, 8):  # distillation from the dense model (kl_kd) at 2 bits
+        rows.append({"name": "uniform_quant", "weight_bits": 2, "edge_bits": edge, "kd": True})
     return rows
 
 
@@ -99,7 +102,8 @@ def label(cfg: dict) -> str:
             text += " PTQ one-shot"
         if cfg.get("edge_bits"):
             text += f" edge {cfg['edge_bits']}"
-        return text + (f" + U{cfg['membrane_bits']}" if cfg.get("membrane_bits") else "")
+        text += f" + U{cfg['membrane_bits']}" if cfg.get("membrane_bits") else ""
+        return text + (" + kl_kd from dense" if cfg.get("kd") else "")
     if name == "mint":
         return f"mint W{cfg['weight_bits']} U{cfg['membrane_bits']}"
     if name == "admm_quant":
@@ -163,8 +167,9 @@ def main() -> None:
         start = time.perf_counter()
         try:
             method = METHODS[cfg["name"]](**{k: v for k, v in cfg.items()
-                                             if k not in ("name", "epochs")})
-            session = attach(model, [method])
+                                             if k not in ("name", "epochs", "kd")})
+            kd = [METHODS["kl_kd"](teacher=dense)] if cfg.get("kd") else []
+            session = attach(model, [method, *kd])
             Trainer(model, data, TrainConfig(epochs=cfg.get("epochs", args.epochs), lr=1e-3,
                                              seed=0), session=session, verbose=False).fit()
             model = session.finalize().eval()

@@ -77,10 +77,11 @@ class Distillation:
     def attach(self, model: nn.Module, ctx: Context) -> None:
         teacher = load_teacher(self.teacher, model)
         self.teacher_ = Teacher(teacher, self.teacher_T, self.cache,
-                                self._teacher_layers(model, teacher))
+                                self._prepare(model, teacher))
 
-    def _teacher_layers(self, model: nn.Module, teacher: nn.Module) -> tuple[str, ...]:
-        """Layers whose outputs the teacher records (feature distillation)."""
+    def _prepare(self, model: nn.Module, teacher: nn.Module) -> tuple[str, ...]:
+        """Set up what the method needs from student and teacher (hooks, adapters); returns the
+        teacher's layers whose outputs it records (feature distillation)."""
         return ()
 
     def _mix(self, l_kd: torch.Tensor, out_seq: torch.Tensor, ctx: Context) -> torch.Tensor:

@@ -65,7 +65,7 @@ class KDSNN(Distillation):
                                      f"{pair!r}")
             self.features = [list(p) for p in self.features]
 
-    def _teacher_layers(self, model: nn.Module, teacher: nn.Module) -> tuple[str, ...]:
+    def _prepare(self, model: nn.Module, teacher: nn.Module) -> tuple[str, ...]:
         self.pairs_ = self._pairs(model, teacher)
         shapes_s = _shapes(model, [s for s, _ in self.pairs_])
         shapes_t = _shapes(teacher, [t for _, t in self.pairs_])

@@ -59,19 +59,17 @@ class SpikeDistillation(Distillation):
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
             raise ValueError(f"layer must be a layer name or null, got {self.layer!r}")
 
-    def attach(self, model: nn.Module, ctx: Context) -> None:
-        if self.layer is not None:
-            modules = dict(model.named_modules())
-            if self.layer not in modules:
-                raise ValueError(f"layer: the student has no layer {self.layer!r}")
-            self._hook = modules[self.layer].register_forward_hook(self._record)
-        super().attach(model, ctx)
+    def _prepare(self, model: nn.Module, teacher: nn.Module) -> tuple[str, ...]:
+        if self.layer is None:
+            return ()
+        modules = dict(model.named_modules())
+        if self.layer not in modules:
+            raise ValueError(f"layer: the student has no layer {self.layer!r}")
+        self._hook = modules[self.layer].register_forward_hook(self._record)
+        return (self.layer,)
 
     def _record(self, module, inputs, output) -> None:
         self._student_spikes = output  # [T, B, ...]: its graph reaches the student's weights
-
-    def _teacher_layers(self, model: nn.Module, teacher: nn.Module) -> tuple[str, ...]:
-        return () if self.layer is None else (self.layer,)
 
     def loss(self, model: nn.Module, x_seq: torch.Tensor, out_seq: torch.Tensor,
              ctx: Context) -> torch.Tensor:
