@@ -1,15 +1,17 @@
 """Distillation: students trained with each KD method against plain training at equal epochs.
 
-For a task, one SNN teacher and its ANN twin are trained once (seed 0); then a small student is
-trained from scratch ``--epochs`` epochs (Adam, cosine, the task's lr) for each configuration and
-each seed: ``plain`` (no teacher), ``kl_kd`` from the SNN and from the ANN, ``spike_kd`` from the
-SNN, ``kdsnn`` from the ANN and from the SNN, and a BNTT student plain and with ``bntt_kd`` from
-the ANN. Rows (accuracy per seed) stream to ``--out`` as JSON lines; ``--table`` prints the mean ±
-std per configuration as a Markdown table.
+For a task, one SNN teacher and its ANN twin are trained once (seed 0; saved in
+``runs/bench_kd/<task>/`` and reused); then a small student is trained from scratch ``--epochs``
+epochs (Adam, cosine, the task's lr) for each configuration and each seed: ``plain`` (no
+teacher), ``kl_kd`` from the SNN and from the ANN, ``spike_kd`` from the SNN, ``kdsnn`` from the
+ANN and from the SNN, and a BNTT student plain and with ``bntt_kd`` from the ANN. Rows (accuracy
+per seed) stream to ``--out`` as JSON lines; ``--table`` prints the mean ± std per configuration
+as a Markdown table; ``--alpha`` / ``--tau`` set the distillation knobs of every KD method.
 
     python benchmarks/distillation.py --task mnist1d --out docs/kd_mnist1d.jsonl
     python benchmarks/distillation.py --task event_digits --out docs/kd_event_digits.jsonl
     python benchmarks/distillation.py --table docs/kd_mnist1d.jsonl
+    python benchmarks/distillation.py --task mnist1d --only "kl_kd ← SNN" --alpha 0.5 --tau 2
 
 Tasks: ``mnist1d``: conv1d_net teacher width 128, student width 32 (T = 4); ``event_digits``:
 conv_net teacher [32, 64, 128], student [8, 16, 32] (T = 4).
@@ -28,10 +30,12 @@ import torch
 from spikecompress.compress import METHODS
 from spikecompress.compress.session import attach
 from spikecompress.data import DataConfig, load_data
+from spikecompress.export import load, save
 from spikecompress.measurement import evaluate
 from spikecompress.models import build
 from spikecompress.train import TrainConfig, Trainer
 
+ROOT = Path("runs/bench_kd")
 TASKS = {  # model, teacher widths, student widths, teacher epochs, lr
     "mnist1d": ({"name": "conv1d_net", "in_channels": 1, "input_size": 40, "classes": 10},
                 [128] * 3, [32] * 3, 60, 2e-3),
@@ -57,16 +61,22 @@ def _train(model, data, epochs, lr, seed, methods=()):
     return session.finalize().eval()
 
 
-def run(task: str, out: Path, epochs: int, seeds: list[int], only: set[str] | None) -> None:
+def run(task: str, out: Path, epochs: int, seeds: list[int], only: set[str] | None,
+        knobs: dict) -> None:
     spec, t_widths, s_widths, t_epochs, lr = TASKS[task]
     data = load_data(DataConfig(name=task, T=4, batch_size=64))
     teachers = {}
     for kind in ("snn", "ann"):
-        torch.manual_seed(0)
-        extra = {"pool": "avg"} if kind == "ann" and spec["name"] == "conv_net" else {}
-        model = build(**spec, widths=t_widths, spiking=kind == "snn", **extra)
+        folder = ROOT / task / f"teacher_{kind}"  # trained once, reused by later invocations
         start = time.perf_counter()
-        teachers[kind] = _train(model, data, t_epochs, lr, 0)
+        if (folder / "spec.json").is_file():
+            teachers[kind] = load(folder)
+        else:
+            torch.manual_seed(0)
+            extra = {"pool": "avg"} if kind == "ann" and spec["name"] == "conv_net" else {}
+            model = build(**spec, widths=t_widths, spiking=kind == "snn", **extra)
+            teachers[kind] = _train(model, data, t_epochs, lr, 0)
+            save(teachers[kind], folder)
         acc = evaluate(teachers[kind], data.test)["accuracy"]
         row = {"task": task, "config": f"teacher {kind}", "seed": 0, "accuracy": acc,
                "seconds": round(time.perf_counter() - start, 1)}
@@ -81,10 +91,10 @@ def run(task: str, out: Path, epochs: int, seeds: list[int], only: set[str] | No
             options = {"norm": "bntt", "steps": 4} if bntt else {}
             student = build(**spec, widths=s_widths, **options)
             methods = [] if method is None else [
-                METHODS[method](teacher=teachers[teacher])]
+                METHODS[method](teacher=teachers[teacher], **knobs)]
             start = time.perf_counter()
             model = _train(student, data, epochs, lr, seed, methods)
-            row = {"task": task, "config": name, "seed": seed,
+            row = {"task": task, "config": name, "seed": seed, **knobs,
                    "accuracy": evaluate(model, data.test)["accuracy"],
                    "seconds": round(time.perf_counter() - start, 1)}
             print(json.dumps(row), flush=True)
@@ -114,6 +124,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="comma-separated configuration names")
+    ap.add_argument("--alpha", type=float, default=None, help="KD weight (default: the method's)")
+    ap.add_argument("--tau", type=float, default=None, help="KD temperature")
     ap.add_argument("--out", default=None)
     ap.add_argument("--table", default=None, help="print the table of a JSON-lines file")
     args = ap.parse_args()
@@ -123,7 +135,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"docs/kd_{args.task}.jsonl")
     only = set(args.only.split(",")) if args.only else None
-    run(args.task, out, args.epochs, [int(s) for s in args.seeds.split(",")], only)
+    knobs = {k: v for k, v in (("alpha", args.alpha), ("tau", args.tau)) if v is not None}
+    run(args.task, out, args.epochs, [int(s) for s in args.seeds.split(",")], only, knobs)
 
 
 if __name__ == "__main__":
