@@ -297,8 +297,11 @@ CASES = {name: [{"name": name, **FAST.get(name, {})}] for name in METHODS} | {
     "stds+D": [{"name": "stds", "D": 0.05}],
     "kl_kd+gradr": [{"name": "kl_kd"}, {"name": "gradr", "sparsity": 0.9}],
     "kdsnn+uniform_quant": [{"name": "kdsnn"}, {"name": "uniform_quant", "weight_bits": 4}],
+    "activity+magnitude": [{"name": "activity", "weighting": "fanout"},
+                           {"name": "magnitude", "sparsity": 0.5, "schedule": "cubic"}],
 }
-STATELESS = {"kl_kd", "spike_kd", "bntt_kd"}  # a frozen teacher and a loss: nothing to checkpoint
+# a frozen teacher and a loss, or a loss alone: nothing to checkpoint
+STATELESS = {"kl_kd", "spike_kd", "bntt_kd", "activity"}
 
 
 @pytest.mark.parametrize("methods", list(CASES.values()), ids=list(CASES))
@@ -307,7 +310,7 @@ def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
 ):
     d = _tiny(prune_epochs=2)  # 2 steps per epoch: 4 steps in the compression stage
     d["stages"][1]["methods"] = methods
-    if methods[0]["name"] == "ann_conversion":  # it converts the ANN twin of the dense stage
+    if methods[0]["name"] in ("ann_conversion", "tsc", "ttfs"):  # they convert the ANN twin
         d["model"]["spiking"] = False
     for m in methods:  # a model option the method needs (bntt_kd: a BNTT student)
         d["model"].update(getattr(METHODS[m["name"]], "MODEL_OPTIONS", {}))

@@ -19,7 +19,7 @@ def data():
 @pytest.mark.parametrize("method_name", list(METHODS))
 def test_method_contract(method_name, model_name, data):
     torch.manual_seed(0)
-    spiking = method_name != "ann_conversion"  # converts the ANN twin into the SNN
+    spiking = method_name not in ("ann_conversion", "tsc", "ttfs")  # they convert the ANN twin
     options = dict(getattr(METHODS[method_name], "MODEL_OPTIONS", {}))  # e.g. a BNTT student
     if options.get("norm") == "bntt":
         options["steps"] = 2  # the data's T

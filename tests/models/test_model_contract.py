@@ -20,6 +20,8 @@ TINY = {
                "blocks": [1, 2], "hidden": [5]},
     "sew_resnet": {"in_channels": 2, "input_size": 8, "classes": 3, "widths": [4, 6],
                    "blocks": [2, 1]},
+    "autosnn_net": {"in_channels": 2, "input_size": 8, "classes": 3, "stem": 4,
+                    "widths": [[4], [6, 6]], "cells": [["srb_k3"], ["skip", "scb_k5"]]},
 }
 SMALLER = {  # what a channel-pruning surgery could hand back
     "mlp": {"widths": [5, 3]},
@@ -28,6 +30,7 @@ SMALLER = {  # what a channel-pruning surgery could hand back
     "vgg": {"widths": [3, "M", 6, 2, "M"]},
     "resnet": {"widths": [3, 6], "inner_widths": [[2], [6, 1]], "hidden": [2]},
     "sew_resnet": {"widths": [4, 5], "inner_widths": [[1, 4], [3]]},
+    "autosnn_net": {"widths": [[4], [5, 6]]},
 }
 NAMES = sorted(MODELS)
 

@@ -7,6 +7,9 @@ method, importable by its class name::
 ``METHODS`` maps each registered name (the recipes' ``name:``) to its class.
 """
 
+from spikecompress.compress.activity.activity import ActivityPenalty
+from spikecompress.compress.coding.tsc import TSCConversion
+from spikecompress.compress.coding.ttfs import TTFSConversion
 from spikecompress.compress.distill.bntt_kd import BNTTDistillation
 from spikecompress.compress.distill.kdsnn import KDSNN
 from spikecompress.compress.distill.kl_kd import KLDistillation
@@ -33,6 +36,7 @@ from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
 from spikecompress.compress.registry import METHODS
 from spikecompress.compress.schedules import SCHEDULES, schedule_value
+from spikecompress.compress.search.autosnn import AutoSNN
 from spikecompress.compress.session import Session, attach
 from spikecompress.compress.targets import select
 from spikecompress.compress.temporal.ann_conversion import ANNConversion
@@ -43,7 +47,9 @@ from spikecompress.compress.temporal.temporal_pruning import TemporalPruning
 
 __all__ = [
     "ADMMPruning",
+    "ActivityPenalty",
     "ANNConversion",
+    "AutoSNN",
     "Context",
     "ESLSNN",
     "GradR",
@@ -64,6 +70,8 @@ __all__ = [
     "STDS",
     "Session",
     "TemporalPruning",
+    "TSCConversion",
+    "TTFSConversion",
     "UniformQuantization",
     "ADMMQuantization",
     "BinaryWeights",

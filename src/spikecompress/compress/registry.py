@@ -3,6 +3,9 @@
 Adding a method touches two places: its own file and this table; the contract test picks it up.
 """
 
+from spikecompress.compress.activity.activity import ActivityPenalty
+from spikecompress.compress.coding.tsc import TSCConversion
+from spikecompress.compress.coding.ttfs import TTFSConversion
 from spikecompress.compress.distill.bntt_kd import BNTTDistillation
 from spikecompress.compress.distill.kdsnn import KDSNN
 from spikecompress.compress.distill.kl_kd import KLDistillation
@@ -25,6 +28,7 @@ from spikecompress.compress.quant.istbp import IntegerSTBP
 from spikecompress.compress.quant.mint import MINT
 from spikecompress.compress.quant.uniform import UniformQuantization
 from spikecompress.compress.quant.weight_sharing import WeightSharing
+from spikecompress.compress.search.autosnn import AutoSNN
 from spikecompress.compress.temporal.ann_conversion import ANNConversion
 from spikecompress.compress.temporal.lite_snn import LiteSNN
 from spikecompress.compress.temporal.seenn import SEENN
@@ -52,11 +56,15 @@ METHODS = {
     "binary": BinaryWeights,
     "temporal_pruning": TemporalPruning,
     "ann_conversion": ANNConversion,
+    "tsc": TSCConversion,
+    "ttfs": TTFSConversion,
     "ssnn": SSNN,
     "seenn": SEENN,
     "lite_snn": LiteSNN,
+    "autosnn": AutoSNN,
     "kl_kd": KLDistillation,
     "spike_kd": SpikeDistillation,
     "kdsnn": KDSNN,
     "bntt_kd": BNTTDistillation,
+    "activity": ActivityPenalty,
 }

@@ -48,8 +48,9 @@ class DataConfig:
     """Which dataset to load and how to batch it.
 
     ``name``: digits | mnist1d | event_digits | mnist | fashion_mnist | kmnist | cifar10 |
-    cifar100 | npz. ``encoding``: direct | poisson | latency for static data; events (or direct,
-    the same) for event data, whose T frames bin each 300 ms recording into T windows.
+    cifar100 | npz. ``encoding``: direct | poisson | latency | tsc (values in [0, 1], T >= 2) |
+    ttfs (the onset: x at step 0, 0 after) for static data; events (or direct, the same) for
+    event data, whose T frames bin each 300 ms recording into T windows.
     ``root``: the local data folder (mnist family, cifar), the .npz file path (npz), or the cache
     folder for generated sets (default $SPIKECOMPRESS_CACHE, else ~/.cache/spikecompress).
     ``seed``: split, event generation, shuffling and Poisson spikes. ``limit``: keep a
@@ -84,6 +85,9 @@ class DataConfig:
         if not isinstance(self.encoding, str) or self.encoding not in allowed:
             raise ValueError(f"data.encoding must be one of {allowed} for {self.name!r}, "
                              f"got {self.encoding!r}")
+        if self.encoding == "tsc" and self.T < 2:
+            raise ValueError(f"data.T must be >= 2 for encoding tsc (its window is T - 1 steps), "
+                             f"got {self.T}")
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("limit", self.limit, 1, none_ok=True)
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, int | float) or not (
@@ -237,6 +241,15 @@ def _npz_shape(path: str | None) -> tuple[int, int, tuple[int, ...]] | None:
     return shape[0], shape[0], tuple(shape[1:])
 
 
+def _check_unit_range(cfg: DataConfig, *arrays: np.ndarray) -> None:
+    """DataError naming the dataset unless every value lies in [0, 1] (``encoding: tsc``)."""
+    lo = min(float(np.min(a)) for a in arrays if a.size)
+    hi = max(float(np.max(a)) for a in arrays if a.size)
+    if not (0 <= lo and hi <= 1):
+        raise DataError(f"data.encoding tsc needs inputs in [0, 1]; {cfg.name!r} has values in "
+                        f"[{lo:.4g}, {hi:.4g}] (rescale it, or use another encoding)")
+
+
 def load_data(cfg: DataConfig) -> Data:
     """Load ``cfg.name`` (offline: generated, cached or read from local files) and wrap it in a
     shuffling train Loader and an ordered test Loader yielding (x_seq [T, B, ...] float32,
@@ -247,6 +260,8 @@ def load_data(cfg: DataConfig) -> Data:
     x_train, y_train = arrays.x_train, arrays.y_train
     if not cfg.is_events:  # the estimate again, from the arrays as loaded
         check_memory(cfg, len(x_train), len(x_train) + len(arrays.x_test), x_train.shape[1:])
+    if cfg.encoding == "tsc":  # temporal-switch coding encodes values in [0, 1] (no clamping)
+        _check_unit_range(cfg, x_train, arrays.x_test)
     if cfg.limit is not None:
         keep = stratified_head(y_train, cfg.limit)
         x_train, y_train = x_train[keep], y_train[keep]

@@ -16,7 +16,14 @@ Definitions (``docs/energy.md``):
   twin computes per step: ``sum(conv(ones_like(x), ones_like(W)))`` (NeuroBench's ``Dense``).
 * Bias additions are not counted. Pooling, BN (BNTT too), flatten, residual additions and every
   module other than conv / linear add no SOPs or MACs (transposed convs are not counted either).
-* Neurons: ``spikes`` = output sum, ``neuron_updates`` = output numel, their ratio the rate.
+* Neurons: ``spikes`` = output sum, ``neuron_updates`` = output numel, their ratio the rate;
+  ``neurons``: the layer's neurons per sample (one step of one sample of its output), ``silent``:
+  those of them that emitted no spike in the counted forward (over every step and sample; a
+  pruned neuron is silent). ``fired`` ({sample shape: bool tensor of that shape}, not in
+  ``to_dict``) is what ``count_loader`` ORs over batches to count the neurons silent on a whole
+  test set (a layer called on inputs of two shapes has two sets of neurons).
+  A neuron with ``signed_events`` (TSC: ON +1, OFF −1, ``snn.tsc``) counts |output|: each
+  event is one spike; the ternary events it sends are SOPs like binary spikes.
 
 Counting is exact: a layer's input is reduced to its non-zero count per position (over time and
 batch; a float sum of 0/1 values is exact below 2**24 in float32, int64 beyond), then dotted in
@@ -27,7 +34,7 @@ position feeds, a transposed convolution of ones in float64, redone when the wei
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -47,7 +54,9 @@ class LayerCounts:
     Synaptic layers (``kind="synaptic"``) fill ``sops``, ``macs``, ``dense_macs``, ``input_kind``
     ("binary", "ternary" or "real"; the widest over the layer's calls), ``params``,
     ``params_nonzero`` (weight and bias, masks applied) and ``input_elements`` (input numel).
-    Neuron layers (``kind="neuron"``) fill ``spikes``, ``neuron_updates``; ``firing_rate``.
+    Neuron layers (``kind="neuron"``) fill ``spikes``, ``neuron_updates``, ``neurons`` (per
+    sample), ``silent`` (neurons that never fired) and ``fired`` (which did: {sample shape:
+    bool tensor}, left out of ``to_dict``); ``firing_rate``.
     """
 
     kind: str
@@ -60,6 +69,9 @@ class LayerCounts:
     input_elements: int = 0
     params: int | None = None
     params_nonzero: int | None = None
+    neurons: int = 0
+    silent: int = 0
+    fired: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def firing_rate(self) -> float | None:
@@ -69,8 +81,9 @@ class LayerCounts:
         return self.spikes / self.neuron_updates if self.neuron_updates else 0.0
 
     def to_dict(self) -> dict:
-        """JSON-serialisable dict of the fields and ``firing_rate``."""
-        return {**asdict(self), "firing_rate": self.firing_rate}
+        """JSON-serialisable dict of the fields (``fired`` left out) and ``firing_rate``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fired"}
+        return {**d, "firing_rate": self.firing_rate}
 
 
 @dataclass
@@ -107,7 +120,8 @@ class Counts:
     def to_dict(self) -> dict:
         """JSON-serialisable dict: every field, ``layers`` as {name: layer dict}."""
         layers = {name: rec.to_dict() for name, rec in self.layers.items()}
-        return {**{k: v for k, v in asdict(self).items() if k != "layers"}, "layers": layers}
+        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layers"}
+        return {**top, "layers": layers}
 
     def to_neurobench(self) -> dict[str, float | int]:
         """The same figures under NeuroBench 2.3's metric names and conventions.
@@ -245,12 +259,28 @@ def _count_calls(ctx: _Context, synaptic: dict[nn.Module, LayerCounts]) -> list[
     return weights
 
 
+def merge_fired(into: dict, fired: dict) -> tuple[int, int]:
+    """OR the fired maps ``fired`` ({sample shape: bool tensor}) into ``into``; returns the
+    (neurons, silent neurons) of the merged record."""
+    for shape, mask in fired.items():
+        old = into.get(shape)
+        into[shape] = mask if old is None else old | mask.to(old.device)
+    neurons = sum(m.numel() for m in into.values())
+    return neurons, neurons - sum(int(m.sum()) for m in into.values())
+
+
 def _neuron_hook(rec: LayerCounts):
-    """Forward hook of a neuron: add its spikes and output elements to ``rec``."""
+    """Forward hook of a neuron: add its spikes and output elements to ``rec``, and mark which of
+    its neurons fired (a neuron: one position of one sample's output [*S] of [T, B, *S])."""
 
     def hook(module: nn.Module, inputs: tuple, output) -> None:
         out = (output[0] if isinstance(output, tuple | list) else output).detach()
+        if getattr(module, "signed_events", False):  # TSC: ON +1 and OFF -1 are one spike each
+            out = out.abs()
         rec.neuron_updates += out.numel()
+        if out.dim() >= 2 and out.numel():
+            fired = (out != 0).flatten(0, 1).any(0)  # [*S]: fired at some step, in some sample
+            rec.neurons, rec.silent = merge_fired(rec.fired, {tuple(fired.shape): fired})
         lim = _exact_limit(out.dtype) if out.is_floating_point() else 0
         # spikes are 0/1: a float sum of fewer than lim of them is exact (all, or per [T·B] row)
         if out.numel() < lim:

@@ -36,6 +36,10 @@ class Metrics:
 
     ``time_steps``: the T the model is run for; ``avg_time_steps``: the steps a sample really
     costs on average (T for a plain SNN; fewer with an early-exit policy or shrinking time stages).
+    ``spikes_per_neuron``: spikes per neuron per sample (all neuron layers; ``spikes_per_sample``
+    over the neurons of one sample); ``silent_neurons``: the share of those neurons that never
+    fire on the whole test set (pruned neurons included); 0 for both without neurons. Per layer:
+    the same two figures in ``layers`` (None for conv / linear rows).
     """
 
     accuracy: float
@@ -47,6 +51,8 @@ class Metrics:
     weight_bits: int
     size_bytes: int
     spikes_per_sample: float
+    spikes_per_neuron: float
+    silent_neurons: float
     sops_per_sample: float
     macs_per_sample: float
     dense_macs_per_sample: float
@@ -97,7 +103,8 @@ def _energies(t: dict, steps: dict, profile, membrane_bits: int | None) -> tuple
 
 
 def _layer_table(t: dict, profile) -> dict:
-    """Per layer, per sample: params, non-zero, firing rate, SOPs, MACs, share of L0 energy."""
+    """Per layer, per sample: params, non-zero, firing rate, spikes per neuron, share of silent
+    neurons, SOPs, MACs, share of L0 energy."""
     n = t["samples"]
     total = energy_pj(t, profile, "L0")["total_pj"] or 1.0
     table = {}
@@ -108,11 +115,14 @@ def _layer_table(t: dict, profile) -> dict:
             if r["kind"] == "neuron" and r["neuron_updates"]
             else None
         )
+        neurons = r.get("neurons") if r["kind"] == "neuron" else None
         table[name] = {
             "kind": r["kind"],
             "params": r["params"],
             "params_nonzero": r["params_nonzero"],
             "firing_rate": rate,
+            "spikes_per_neuron": r["spikes"] / (n * neurons) if neurons else None,
+            "silent_neurons": r["silent"] / neurons if neurons else None,
             "sops": r["sops"] / n if r["kind"] == "synaptic" else None,
             "macs": r["macs"] / n if r["kind"] == "synaptic" else None,
             "energy_share": e / total,
@@ -214,6 +224,8 @@ def measure(
         weight_bits=weight_bits,
         size_bytes=disk,
         spikes_per_sample=t["spikes"] / n,
+        spikes_per_neuron=t["spikes"] / (n * t["neurons"]) if t["neurons"] else 0.0,
+        silent_neurons=t["silent"] / t["neurons"] if t["neurons"] else 0.0,
         sops_per_sample=t["sops"] / n,
         macs_per_sample=t["macs"] / n,
         dense_macs_per_sample=t["dense_macs"] / n,

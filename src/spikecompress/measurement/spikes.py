@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from spikecompress.snn.neuron import NEURONS
+from spikecompress.snn.tsc import TSCNeuron
+from spikecompress.snn.ttfs import TTFSNeuron
 
-_NEURON_TYPES = tuple(NEURONS.values())
+_NEURON_TYPES = (*NEURONS.values(), TSCNeuron, TTFSNeuron)
 
 
 def is_neuron(module: nn.Module) -> bool:

@@ -1,4 +1,5 @@
-"""Model builders: spiking MLP, small CNN, 1-D CNN, VGG, Spiking ResNet and SEW-ResNet.
+"""Model builders: spiking MLP, small CNN, 1-D CNN, VGG, Spiking ResNet, SEW-ResNet and the AutoSNN
+backbone (the architecture ``compress.search.autosnn`` searches).
 
 Every builder takes explicit widths (a pruned width list rebuilds the smaller model), is T-agnostic
 (x_seq [T, B, ...] → per-step logits [T, B, classes]), and has ``spiking=False`` for the ANN twin.
@@ -25,6 +26,7 @@ import inspect
 
 from torch import nn
 
+from spikecompress.models.autosnn_net import autosnn_net
 from spikecompress.models.bn_fold import install_folded_bn_
 from spikecompress.models.common import Network
 from spikecompress.models.conv1d_net import conv1d_net
@@ -33,6 +35,8 @@ from spikecompress.models.exit_policy import install_exit_policy_
 from spikecompress.models.mlp import mlp
 from spikecompress.models.resnet import resnet, sew_resnet
 from spikecompress.models.time_stages import install_time_stages_
+from spikecompress.models.tsc import install_tsc_
+from spikecompress.models.ttfs import install_ttfs_
 from spikecompress.models.vgg import VGG_WIDTHS, vgg
 
 MODELS = {
@@ -42,6 +46,7 @@ MODELS = {
     "vgg": vgg,
     "resnet": resnet,
     "sew_resnet": sew_resnet,
+    "autosnn_net": autosnn_net,
 }
 
 # Structure a compression method installs on a built model (an early-exit policy, time stages),
@@ -52,6 +57,8 @@ EXTRAS: dict = {
     "folded_bn": install_folded_bn_,
     "exit_policy": install_exit_policy_,
     "time_stages": install_time_stages_,
+    "tsc": install_tsc_,
+    "ttfs": install_ttfs_,
 }
 
 
@@ -86,6 +93,7 @@ def from_spec(spec: dict) -> nn.Module:
 
 
 __all__ = [
-    "EXTRAS", "MODELS", "VGG_WIDTHS", "Network", "build", "conv1d_net", "conv_net", "from_spec",
+    "EXTRAS", "MODELS", "VGG_WIDTHS", "Network", "autosnn_net", "build", "conv1d_net", "conv_net",
+    "from_spec",
     "mlp", "resnet", "sew_resnet", "vgg",
 ]

@@ -50,6 +50,9 @@ def respec(model: nn.Module) -> dict:
     """``model.spec`` with the width lists its modules hold now; raises ValueError for a model
     without a spec of a known family."""
     spec = getattr(model, "spec", None)
+    if isinstance(spec, dict) and spec.get("name") is not None and spec["name"] not in _WIDTHS:
+        raise ValueError(f"respec: channel surgery does not handle {spec['name']!r} models yet "
+                         f"(it handles {sorted(_WIDTHS)})")
     if not isinstance(spec, dict) or spec.get("name") not in _WIDTHS:
         raise ValueError("respec needs a model built by spikecompress.models (with a .spec)")
     return {**spec, **_WIDTHS[spec["name"]](model)}

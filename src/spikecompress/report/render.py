@@ -18,6 +18,8 @@ COLUMNS = [  # (header, key or function of the metrics dict, format)
     ("T", "time_steps", "{}"),
     ("avg steps", lambda m: m.get("avg_time_steps", m["time_steps"]), "{:.2f}"),
     ("spikes/sample", "spikes_per_sample", "{:,.0f}"),
+    ("spikes/neuron", lambda m: m.get("spikes_per_neuron"), "{:.3f}"),  # None: an older record
+    ("silent neurons", lambda m: m.get("silent_neurons"), "{:.1%}"),
     ("SOPs/sample", "sops_per_sample", "{:,.0f}"),
     ("MACs/sample", "macs_per_sample", "{:,.0f}"),
     ("L0 energy nJ", lambda m: m["energy_pj_per_sample"]["L0"] / 1e3, "{:,.2f}"),
@@ -39,7 +41,7 @@ def table_rows(runs: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
         cells = [name]
         for _, key, fmt in COLUMNS:
             value = key(m) if callable(key) else m[key]
-            cells.append(fmt.format(value))
+            cells.append("–" if value is None else fmt.format(value))
         rows.append(cells)
     return ["run"] + [h for h, _, _ in COLUMNS], rows
 

@@ -20,10 +20,12 @@ from spikecompress.report.render import table_rows
 COMPARISON_PRIORITY = (
     "run", "accuracy", "bytes on disk", "non-zero", "SOPs/sample", "L0 energy nJ", "avg steps",
     "T", "ANN/SNN L0", "params", "spikes/sample", "latency ms (b=1)", "MACs/sample",
-    "L1 energy nJ",
+    "L1 energy nJ", "spikes/neuron", "silent neurons",
 )
-LAYER_COLUMNS = ("layer", "params", "non-zero", "firing rate", "SOPs", "MACs", "energy share")
-LAYER_PRIORITY = ("layer", "non-zero", "firing rate", "SOPs", "energy share", "params", "MACs")
+LAYER_COLUMNS = ("layer", "params", "non-zero", "firing rate", "spikes/neuron", "silent", "SOPs",
+                 "MACs", "energy share")
+LAYER_PRIORITY = ("layer", "non-zero", "firing rate", "SOPs", "energy share", "params", "MACs",
+                  "spikes/neuron", "silent")
 
 
 def console_for(min_width: int) -> Console:
@@ -83,7 +85,7 @@ def _totals(m: dict) -> list[tuple[str, str]]:
         ("accuracy", f"{100 * m['accuracy']:.2f}% on {m['samples']} samples, {steps}"),
         ("params (non-zero)", f"{m['params']:,} ({m['params_nonzero']:,})"),
         ("bytes on disk", f"{m['size_bytes']:,} (widest weight {m['weight_bits']} bits)"),
-        ("spikes / sample", f"{m['spikes_per_sample']:,.1f}"),
+        ("spikes / sample", _spikes(m)),
         (
             "SOPs / MACs / dense MACs per sample",
             f"{m['sops_per_sample']:,.0f} / {m['macs_per_sample']:,.0f} / "
@@ -105,6 +107,16 @@ def _totals(m: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _spikes(m: dict) -> str:
+    """Spikes per sample, and per neuron with the share of silent neurons where recorded (a
+    record written before they were measured has neither)."""
+    text = f"{m['spikes_per_sample']:,.1f}"
+    if m.get("spikes_per_neuron") is not None and m.get("silent_neurons") is not None:
+        text += (f" ({m['spikes_per_neuron']:.3f} per neuron; {m['silent_neurons']:.1%} of "
+                 f"neurons silent on the test set)")
+    return text
+
+
 def print_metrics(m: dict, title: str, console: Console | None = None) -> None:
     """Print the totals and the per-layer table of a ``Metrics.to_dict()`` record."""
     console = console or console_for(110)
@@ -118,6 +130,8 @@ def print_metrics(m: dict, title: str, console: Console | None = None) -> None:
             _fmt(r["params"], ","),
             _fmt(r["params_nonzero"], ","),
             _fmt(r["firing_rate"], ".4f"),
+            _fmt(r.get("spikes_per_neuron"), ".3f"),
+            _fmt(r.get("silent_neurons"), ".1%"),
             _fmt(r["sops"], ",.0f"),
             _fmt(r["macs"], ",.0f"),
             _fmt(r["energy_share"], ".1%"),

@@ -4,6 +4,14 @@
 - ``poisson``: rate coding, ``S[t] ~ Bernoulli(clamp(x, 0, 1))`` independently per step.
 - ``latency``: time to first spike, one spike per element at ``t = round((T − 1)(1 − x))``;
   brighter elements fire earlier, elements with ``x <= 0`` never fire (x is clamped to [0, 1]).
+- ``tsc``: temporal-switch coding (Han & Roy, ECCV 2020), window ``Tw = T − 1``: an element
+  x in [0, 1] is an ON event +1 at step 0 and an OFF event −1 at step ``round(x · Tw)`` (half to
+  even, ``torch.round``), so the interval over Tw is x on a grid of 1/Tw; an element whose
+  interval rounds to 0 emits nothing.
+  Values outside [0, 1] are refused (``snn.tsc`` runs networks on these events).
+- ``ttfs``: the onset of the analog input, x at step 0 and 0 after (values as they are): a TTFS
+  network (``snn.ttfs``) integrates it as a constant current from step 0, so its first layer
+  spikes at ``t_first ≈ V_th / (W x)``, and its synapses see one event per sample (MACs, once).
 """
 
 from __future__ import annotations
@@ -32,7 +40,29 @@ def latency(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -
     return ((steps == t_fire.unsqueeze(0)) & (xc > 0).unsqueeze(0)).to(x.dtype)
 
 
-ENCODERS = {"direct": direct, "poisson": poisson, "latency": latency}
+def tsc(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Temporal-switch coding: ON (+1) at step 0, OFF (−1) at step round(x · (T − 1)) per element
+    of x [B, ...] in [0, 1]: [T, B, ...] in {−1, 0, 1}; no events where that interval is 0."""
+    if T < 2:
+        raise ValueError(f"tsc encoding needs T >= 2 (its window is T - 1 steps), got T={T}")
+    outside = ~((x >= 0) & (x <= 1))  # NaN is outside too
+    if bool(outside.any()):
+        raise ValueError(f"tsc encoding needs inputs in [0, 1], got {x[outside][0].item()!r}")
+    k = torch.round(x * (T - 1)).long()  # [B, ...] interval in steps, 0..T-1
+    on = (k > 0).to(x.dtype)
+    x_seq = x.new_zeros(T, *x.shape)
+    x_seq[0] = on
+    return x_seq.scatter_add_(0, k.unsqueeze(0), -on.unsqueeze(0))  # OFF at step k (k > 0)
+
+
+def ttfs(x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The onset of x [B, ...]: x at step 0, zeros at the other T − 1 steps: [T, B, ...]."""
+    x_seq = x.new_zeros(T, *x.shape)
+    x_seq[0] = x
+    return x_seq
+
+
+ENCODERS = {"direct": direct, "poisson": poisson, "latency": latency, "tsc": tsc, "ttfs": ttfs}
 
 
 def encode(

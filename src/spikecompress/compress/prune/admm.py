@@ -14,7 +14,10 @@ finalize, whichever comes first): hard prune W_l ← Proj_Sl(W_l) and fix the ma
 The mask is a ``Mask`` parametrization installed (all ones) at attach, so W_eff = W ⊙ M in every
 forward: pruned weights stay exactly 0 through retraining with Adam (no "zombie" weights), and the
 checkpoint layout is the same before and after the hard prune. ``activity`` = λ_act adds the
-spike-rate penalty of ``compress/activity/penalty.py`` (per neuron per time step) in every phase.
+spike-rate penalty of ``compress/activity/penalty.py`` (per neuron per time step) in every phase:
+λ_act · Σ_l r_l, the ``activity`` method's penalty (``compress/activity/activity.py``, the same
+function) with uniform weighting times the number of spiking layers; for its other options
+(fan-out weighting, a target rate) attach that method beside ADMM with ``activity: 0``.
 
 Choices where the paper and the official script are unverified or silent:
 * ``scope`` (default: ``"global"`` for one ``sparsity`` number, ``"layer"`` for a mapping):

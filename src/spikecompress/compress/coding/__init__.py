@@ -1,0 +1,1 @@
+"""Temporal coding: ANN → SNN conversions whose spikes carry values in their timing."""

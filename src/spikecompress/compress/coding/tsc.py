@@ -1,0 +1,117 @@
+"""Temporal-Switch Coding conversion (Han & Roy, ECCV 2020): ANN twin → TSC network.
+
+The paper (no code released) presents every input value as two spikes, ON then OFF, whose
+interval is proportional to it, and encodes ReLU activations by the spike times of a "TSC neuron":
+at most two weight reads and two additions per synapse for the whole inference, whatever the
+window. The input side here follows the abstract; the hidden neuron's output rule is a
+reconstruction (spec quant-kd §4.4, [D]; the paper's Sec. 3 was not readable): after integrating
+its window (V = Tw · (W x + b)), the neuron emits ON if V > 0, drains V by θ per step and emits OFF
+when V <= 0, an interval ceil(V / θ) cut at the window Tw. The model: ``snn.tsc``; the
+structure and the conversion: ``models.tsc``.
+
+How it runs. Like ``ann_conversion``: a stage of one epoch at a negligible learning rate on the
+ANN twin (``model: {spiking: false}``, with ``pool: max``: average pooling is refused, max pooling
+is exact under TSC) collects each ReLU's positive activations from the training-mode forwards (the
+stage's evaluations on the test set do not count; eval-mode forwards count only when no
+training-mode forward came); finalize folds BN (eval statistics), sets each neuron's threshold θ to
+the ``percentile`` of its ReLU's positive activations (the activation a full window stands for),
+multiplies the weights reading a neuron by its θ and returns the TSC network. The window is the
+data's: Tw = T − 1, so the stage (and every later evaluation) runs at T = Tw + 1 with a static
+input in [0, 1] (``data.encoding: direct``; the network encodes it) or TSC events
+(``data.encoding: tsc``); both give the same events and outputs. The converted network has no
+surrogate gradient: it is for inference.
+
+Refused at attach, one line naming the module (``models.tsc.plan``): a spiking model, average
+pooling, residual blocks, BN that does not fold (BNTT, not right after a layer), anything that is
+not a chain of conv / linear → BN → ReLU → max pool / flatten ending in a read-out layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from spikecompress.compress.method import Context
+from spikecompress.models.tsc import plan, to_tsc
+
+
+@dataclass
+class TSCConversion:
+    """Convert the ANN twin to a TSC network with each neuron's threshold at the ``percentile``
+    of its ReLU's positive activations; ``samples``: activations kept per ReLU; ``seed``: the
+    subsampling."""
+
+    NAME: ClassVar[str] = "tsc"
+    PAPER: ClassVar[str] = "Han & Roy, ECCV 2020 (Temporal-Switch Coding)"
+    KIND: ClassVar[str] = "time"  # converts last, after the stage's other methods are baked
+    REFUSES: ClassVar[tuple[str, ...]] = ("resnet", "sew_resnet")
+
+    percentile: float = 99.9
+    samples: int = 100_000
+    seed: int = 0
+    # ReLU name → kept positive activations of training-mode forwards; evals_: of eval-mode ones;
+    # batches_: "<name>" / "eval:<name>" → batches kept so far (seeds the next subsample)
+    values_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    evals_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    batches_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    hooks_: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, int | float) or (
+                not 0 < self.percentile <= 100):
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def attach(self, model: nn.Module, ctx: Context) -> None:
+        spec = getattr(model, "spec", None)
+        if not isinstance(spec, dict) or spec.get("spiking", True):
+            raise ValueError("tsc needs the ANN twin: a model built with spiking: false")
+        names = plan(model).neurons
+        relus = [(n, model.get_submodule(n)) for n in names]
+        self.hooks_ = [m.register_forward_hook(self._collector(n, i))
+                       for i, (n, m) in enumerate(relus)]
+
+    def _collector(self, name: str, index: int):
+        def hook(module, inputs, output) -> None:
+            pool, key = (self.values_, name) if module.training else (self.evals_, f"eval:{name}")
+            done = int(self.batches_.get(key, 0))
+            # a generator per batch, seeded by what came before: a resumed stage draws the same
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 65_537 + done)
+            pos = output.detach().flatten()
+            pos = pos[pos > 0].float().cpu()  # [N] positive activations of this batch
+            old = pool.get(name)
+            kept = pos if old is None else torch.cat([old, pos])
+            if kept.numel() > self.samples:  # a uniform subsample of everything seen
+                kept = kept[torch.randperm(kept.numel(), generator=gen)[: self.samples]]
+            pool[name] = kept
+            self.batches_[key] = torch.tensor(done + 1)
+
+        return hook
+
+    def activations(self) -> dict[str, torch.Tensor]:
+        """ReLU name → the positive activations kept (training-mode forwards when there were
+        any, else eval-mode ones)."""
+        return {**self.evals_, **self.values_}
+
+    def thresholds(self) -> dict[str, float]:
+        """ReLU name → its neuron's θ: the ``percentile`` of its positive activations (1.0 when
+        none was positive)."""
+        q = self.percentile / 100
+        return {name: float(torch.quantile(v.double(), q)) if v.numel() else 1.0
+                for name, v in self.activations().items()}
+
+    def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
+        for h in self.hooks_:
+            h.remove()
+        self.hooks_ = []
+        missing = [n for n in plan(model).neurons if n not in self.activations()]
+        if missing:
+            raise ValueError(f"tsc saw no activations of {missing[:3]}: give its stage at least "
+                             "one epoch (a negligible lr keeps the ANN as it is)")
+        return to_tsc(model, self.thresholds())

@@ -1,0 +1,168 @@
+"""Time-to-first-spike conversion (Rueckauer & Liu, ISCAS 2018): an ANN twin → a TTFS network.
+
+Every neuron of the converted network spikes at most once per sample (the snn_toolbox ``INI_ttfs``
+simulator, the reference: a refractory period as long as the simulation); a spike means "this
+neuron is active from now on": it injects a constant current into its targets at every later step,
+so a target's membrane is a sum of ramps ``Σ_j w_ij (t − t_j)``, and the target spikes when
+V >= V_th. An early spike is a large activation: in the paper's code the activation is the
+instantaneous rate ``1 / t_first``. The dynamics, the input and the read-out are ``snn.ttfs``; the
+structure, the normalisation and what is refused are ``models.ttfs``.
+
+The stage calibrates only: ``train_step`` replaces the loop's step with one eval-mode forward of the
+ANN twin on the first step of the batch (the static input, or its onset: ``data.encoding: direct``
+or ``ttfs``; another encoding is refused with one line naming ``data.encoding``), which leaves
+the weights and BN's running statistics as they are, while hooks keep a uniform random subsample
+of at most ``samples`` positive activations of every ReLU over the stage's training batches (its
+evaluations on the test set never count). Finalize sets each ReLU's activation scale λ to the
+``percentile`` of its positive activations (1.0 for a ReLU that was never positive) and returns
+``models.ttfs.to_ttfs`` of the ANN twin: BN folded, weights ``W · λ_{k−1} / λ_k``, biases
+``b / λ_k`` as constant currents, thresholds 1 (concurrent) or W + 1/2 (layered).
+
+``schedule``: "concurrent" (the paper's: all layers at once over the stage's T steps; the first
+layer is exact, ``1 / t_first = relu(z) / λ`` within one step, deeper layers approximate: T is
+a knob, a short T cuts off the late, over-weighted inputs) or "layered" (one window of
+``window`` steps per neuron layer and a linear code, exact up to rounding to a step: the phases of
+Stanojevic et al., Nat. Commun. 2024, as we reconstruct them; ``window`` null: the stage's T
+// (neuron layers + 1), the last window being the read-out's). Read-out: the membrane of the last
+layer at the end (``snn.ttfs.TTFSReadout``), whose mean over T is the logits.
+
+Use it in a stage at the T the TTFS network will run at, one epoch (any learning rate: nothing is
+trained), on the ANN twin (``model: {spiking: false}``, max pooling or none: average pooling is
+refused); recipes/ttfs.yaml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from spikecompress.compress.method import Context
+from spikecompress.models.ttfs import plan, to_ttfs
+from spikecompress.snn.losses import task_loss
+from spikecompress.snn.ttfs import ttfs_input
+
+SCHEDULES = ("concurrent", "layered")
+
+
+@dataclass
+class TTFSConversion:
+    """Convert the ANN twin to a TTFS network at the end of the stage: ``schedule``
+    "concurrent" (Rueckauer & Liu) or "layered" (``window`` steps per layer; null: the stage's T
+    // (layers + 1)); activation scales at the ``percentile`` of each ReLU's positive activations,
+    from at most ``samples`` kept per ReLU (``seed``: their subsampling)."""
+
+    NAME: ClassVar[str] = "ttfs"
+    PAPER: ClassVar[str] = ("Rueckauer & Liu, ISCAS 2018 (snn_toolbox INI_ttfs); layered: "
+                            "Stanojevic et al., Nat. Commun. 2024")
+    KIND: ClassVar[str] = "channels"
+    REFUSES: ClassVar[tuple[str, ...]] = ("resnet", "sew_resnet")  # residual additions
+
+    schedule: str = "concurrent"
+    window: int | None = None
+    percentile: float = 99.9
+    samples: int = 100_000
+    seed: int = 0
+    # ReLU name → kept positive activations and their random keys (the smallest keys are kept: a
+    # uniform subsample of everything seen); batches_: calibration batches seen; steps_: their T
+    values_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    keys_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    batches_: int = field(default=0, init=False, repr=False, compare=False)
+    steps_: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.window is not None:
+            if isinstance(self.window, bool) or not isinstance(self.window, int) or (
+                    self.window < 1):
+                raise ValueError(f"window must be an integer >= 1 or null, got {self.window!r}")
+            if self.schedule != "layered":
+                raise ValueError("window is the layered schedule's; with schedule concurrent "
+                                 "leave it null")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, int | float) or (
+                not 0 < self.percentile <= 100):
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def attach(self, model: nn.Module, ctx: Context) -> None:
+        spec = getattr(model, "spec", None)
+        if not isinstance(spec, dict) or spec.get("spiking", True):
+            raise ValueError("ttfs needs the ANN twin: a model built with spiking: false")
+        if spec.get("ttfs") is not None:
+            raise ValueError("ttfs: the model is a TTFS network already")
+        plan(model)  # one line naming the first module that cannot be converted
+
+    def train_step(
+        self, model: nn.Module, x_seq: torch.Tensor, y: torch.Tensor, ctx: Context
+    ) -> tuple[float, torch.Tensor]:
+        """Calibrate on one batch (nothing is trained): the ANN twin in eval mode on the batch's
+        first step; returns (its loss, its logits [1, B, classes])."""
+        try:
+            x0 = ttfs_input(x_seq)[:1]
+        except ValueError as e:
+            raise ValueError(f"ttfs calibrates on a static input or its onset: {e}") from None
+        self.steps_ = int(x_seq.shape[0])
+        relus = plan(model).neurons
+        modules = dict(model.named_modules())
+        handles = [modules[n].register_forward_hook(self._keep(n, i)) for i, n in enumerate(relus)]
+        was_training = model.training
+        try:
+            model.eval()  # BN on its running statistics, which stay as they are
+            with torch.no_grad():
+                out = model(x0)
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        self.batches_ += 1
+        return task_loss(out, y, ctx.task_loss).item(), out
+
+    def _keep(self, name: str, index: int):
+        def hook(module, inputs, output) -> None:
+            # a generator per batch and ReLU, seeded by what came before: a resumed stage draws
+            # the same keys
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 65_537
+                                                + self.batches_)
+            pos = output.detach().flatten()
+            pos = pos[pos > 0].float().cpu()
+            keys = torch.rand(pos.numel(), generator=gen)
+            if name in self.values_:
+                pos = torch.cat([self.values_[name], pos])
+                keys = torch.cat([self.keys_[name], keys])
+            if pos.numel() > self.samples:
+                keep = torch.topk(keys, self.samples, largest=False).indices
+                pos, keys = pos[keep], keys[keep]
+            self.values_[name], self.keys_[name] = pos, keys
+
+        return hook
+
+    def thresholds(self) -> dict[str, float]:
+        """ReLU name → its activation scale λ: the ``percentile`` of its positive activations
+        seen so far (1.0 if none was positive)."""
+        return {
+            name: float(torch.quantile(v.double(), self.percentile / 100)) if v.numel() else 1.0
+            for name, v in self.values_.items()
+        }
+
+    def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
+        relus = plan(model).neurons
+        if self.batches_ == 0:
+            raise ValueError("ttfs saw no training batch: give its stage at least one epoch "
+                             "(it calibrates only; the learning rate does not matter)")
+        window = 0
+        if self.schedule == "layered":
+            window = self.window or self.steps_ // (len(relus) + 1)
+            need = (len(relus) + 1) * max(window, 1)
+            if self.steps_ < need:
+                raise ValueError(f"ttfs: schedule layered needs T >= {need} (a window of "
+                                 f"{max(window, 1)} steps per neuron layer and one for the "
+                                 f"read-out), the stage ran at T={self.steps_}; raise the "
+                                 f"stage's T")
+        seen = self.thresholds()
+        return to_ttfs(model, {n: seen.get(n, 1.0) for n in relus}, window)

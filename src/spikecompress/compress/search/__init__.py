@@ -1,0 +1,1 @@
+"""Architecture search: AutoSNN's spike-aware search space, super-network and evolution."""

@@ -1,0 +1,470 @@
+"""AutoSNN: spike-aware architecture search (Na, Mok, Park, Lee, Choe, Yoon — ICML 2022,
+arXiv 2201.12738). Facts from the authors' code (``nabk89/AutoSNN``: ``space.py``, ``blocks.py``,
+``train_supernet/``, ``search_arch/evolution_algo.py``, the scripts); the code here is ours.
+
+What the stage does:
+
+* **Space** (``search.space``): the paper's macro backbone — a stem conv, stages of cells
+  (``widths``), each stage followed by a 2× max-pool, no global average pooling, a linear read-out
+  of the flattened map — with one of ``candidates`` per cell (default all five: ``skip``,
+  ``scb_k3``, ``scb_k5``, ``srb_k3``, ``srb_k5``). The paper's ``AutoSNN_16`` is stem 16 and
+  [16], [32, 32], [64, 64] (5 cells, 3125 architectures, for 32×32 CIFAR); our default drops its
+  last stage, stem 16 and [16], [32, 32] (3 cells, 125 architectures): on 8×8 digits three
+  poolings leave a 1×1 map and a supernet that stayed near chance after 10 CPU epochs (15-20 %
+  held-out accuracy against 45-70 % for the two-stage one). Two stages leave 2×2 on 8×8 digits,
+  5×5 on 22×22 event frames, 10 on MNIST-1D (1-D cells, length 40). The neuron, its parameters
+  and the norm are the entering model's (the paper: PLIF, τ₀ 2, V_th 1; a recipe sets
+  ``neuron: plif`` on its model for that).
+* **Supernet, uniform path sampling** (``train_step``): the stage's epochs train the supernet
+  ``model.autosnn_supernet`` (installed at ``attach``, so the loop's optimizer and checkpoints hold
+  it; initialised under ``torch.manual_seed(seed)``): at every step one path, each slot's cell drawn
+  uniformly from a generator seeded by (``seed``, step) — a pure function of the step, so a resumed
+  stage draws the same paths — is trained on the step's training rows with the loop's task loss,
+  optimizer and learning rate (``ctx.lr_at``). The entering model is not trained (the loop's
+  per-epoch test accuracy is that of the entering model; its train accuracy mixes the trained
+  rows with the held-out rows, run along the same path in eval mode).
+* **Held-out search set**: a sample goes to the search set iff the BLAKE2b hash of its encoded input
+  x_seq[:, b] falls below ``search_fraction`` (0.2, the authors' 80 / 20 split of the training set)
+  — a property of the sample, so it never trains the supernet in any epoch whatever the shuffle.
+  Up to ``search_samples`` distinct ones are kept in runtime fields (``held_x_``, ``held_y_``,
+  ``held_keys_``; checkpointed, so a killed stage resumes with the same set). With a stochastic
+  encoding (Poisson) the split is per presentation instead: an image can land on both sides.
+* **Evolutionary search** (``finalize``), the authors' algorithm with smaller defaults: a random
+  population of ``population`` unseen architectures; each iteration keeps the ``top_k`` best of the
+  previous top-k and the new population by fitness, then builds the next population from
+  ``mutations`` mutants (a top-k parent, each slot re-drawn among the other candidates with
+  probability ``mutation_prob``), ``crossovers`` one-point crossovers of two top-k parents, and
+  random architectures to fill it; an architecture is evaluated once (``iterations`` rounds; the
+  search stops early when the space is exhausted). Draws come from ``random.Random(seed)``: the
+  search is deterministic. The paper: 20 iterations, population 20 = 10 mutations + 10 crossovers
+  (+ random fill), top-10, p 0.2; ours half of it: 10 iterations, population 10 = 5 + 5, top-5,
+  p 0.2 — at most 100 evaluations, most of the default 125-architecture space (a larger
+  ``widths`` or a longer candidate list makes the search selective).
+* **Fitness** F(A) = Acc(A) · (Spikes(A) / S_ref)^λ, λ = ``fitness_lambda`` (−0.08, the paper).
+  Acc: accuracy on the held-out search set (time-mean logits), the supernet in eval mode (its BN
+  running statistics, as the authors'; no recalibration). Spikes: total spikes per sample over
+  every spiking neuron of the path (stem and cells; the read-out has none) and every time step
+  (``measurement.spikes.SpikeMonitor``), floored at 1 so a silent network cannot win on λ < 0.
+  S_ref: ``spikes_ref``, or (None) the median Spikes of the first population. A constant S_ref
+  scales every fitness by the same factor, so it changes the reported fitness, not the ranking
+  (the authors use 110 000 for CIFAR-10 at T = 8). Ties keep the earlier-evaluated architecture.
+* **Result**: ``finalize`` returns the best architecture of the last top-k as a fresh
+  ``autosnn_net`` (``models.from_spec`` rebuilds it; the chosen cells are in its spec, hence in the
+  artifact) for the next stage to train: ``init="scratch"`` (the paper: trained anew) initialised
+  under ``torch.manual_seed(seed)``, or ``init="inherit"`` (the default) with the supernet's
+  weights, BN statistics and neuron parameters of that path (a warm start, the default so that a
+  stage followed by a short training is not thrown back to chance; the shipped recipe uses
+  "scratch" and trains the winner as long as its dense reference). The search record
+  (winner, its accuracy / spikes / fitness, S_ref, every iteration's top-k) is in ``result_``
+  and the log.
+
+Our simplifications, plainly: a CPU-sized search (the stage's epochs instead of the paper's 600
+supernet epochs, 10 × 10 evaluations instead of 20 × 20); the read-out is a plain linear layer
+(the authors' is a spiking FC of 10 × classes neurons averaged by a "boost" pool, whose spikes they
+count; their count also adds the max-pool outputs, which only repeat spikes, and we do not); the
+neuron is the entering model's (LIF unless the recipe says PLIF); no DVS stem; the held-out split
+is by sample hash, not the first 80 % of the training indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from spikecompress.compress.method import Context
+from spikecompress.compress.search.space import Arch, SearchSpace, Supernet, check_candidates
+from spikecompress.measurement.spikes import SpikeMonitor
+from spikecompress.models.autosnn_net import CELLS, DEFAULT_STEM, check_widths
+from spikecompress.models.common import POOLS
+from spikecompress.snn.layers import reset_state
+from spikecompress.snn.losses import task_loss
+
+log = logging.getLogger("spikecompress.autosnn")
+
+SUPERNET = "autosnn_supernet"  # the child module of the entering model that holds the supernet
+INITS = ("inherit", "scratch")
+PAPER_LAMBDA = -0.08
+SEARCH_WIDTHS = ((16,), (32, 32))  # AutoSNN_16 without its last stage (see the docstring)
+_EVAL_BATCH = 256
+_RANDOM_TRIES = 50  # random draws per wanted architecture before enumerating the unseen ones
+_ENUMERATE_UP_TO = 100_000  # spaces this small are enumerated when random draws keep repeating
+
+
+# -- fitness and ranking -------------------------------------------------------------------------
+def fitness(accuracy: float, spikes: float, lam: float, spikes_ref: float) -> float:
+    """F = accuracy · (max(spikes, 1) / spikes_ref)^λ (spikes per sample; λ ≤ 0 favours fewer)."""
+    return accuracy * (max(spikes, 1.0) / spikes_ref) ** lam
+
+
+def rank(records: Sequence[tuple[float, float]], lam: float, spikes_ref: float) -> list[int]:
+    """Indices of ``records`` [(accuracy, spikes per sample)] by fitness, best first; ties keep
+    their order (stable). λ = 0 ranks by accuracy alone."""
+    scores = [fitness(a, s, lam, spikes_ref) for a, s in records]
+    return sorted(range(len(records)), key=lambda i: -scores[i])
+
+
+@dataclass
+class SearchResult:
+    """What ``evolve`` found: the ``best`` architecture, ``spikes_ref`` (S_ref as used), every
+    evaluated architecture with its (accuracy, spikes per sample) in evaluation order
+    (``evaluated``), and each iteration's top-k as [cells, accuracy, spikes, fitness] rows."""
+
+    best: Arch
+    spikes_ref: float
+    evaluated: dict[Arch, tuple[float, float]]
+    history: list[list[list]]
+
+    def summary(self, lam: float) -> dict:
+        acc, spikes = self.evaluated[self.best]
+        return {"arch": list(self.best), "accuracy": acc, "spikes_per_sample": spikes,
+                "fitness": fitness(acc, spikes, lam, self.spikes_ref),
+                "spikes_ref": self.spikes_ref, "evaluated": len(self.evaluated),
+                "history": self.history}
+
+
+def evolve(
+    evaluate: Callable[[Arch], tuple[float, float]], candidates: Sequence[str], slots: int, *,
+    iterations: int = 10, population: int = 10, mutations: int = 5, mutation_prob: float = 0.2,
+    crossovers: int = 5, top_k: int = 5, lam: float = PAPER_LAMBDA,
+    spikes_ref: float | None = None, seed: int = 0,
+) -> SearchResult:
+    """The authors' evolutionary search over ``slots`` slots of ``candidates``; ``evaluate(arch)``
+    gives (accuracy, spikes per sample). Deterministic for a given ``seed`` (and ``evaluate``)."""
+    rng = random.Random(seed)
+    candidates = list(candidates)
+    space = len(candidates) ** slots
+    evaluated: dict[Arch, tuple[float, float]] = {}
+    pending: set[Arch] = set()
+
+    def take(arch: Arch, into: list[Arch]) -> None:
+        if arch not in evaluated and arch not in pending:
+            pending.add(arch)
+            into.append(arch)
+
+    def random_pool(n: int) -> list[Arch]:
+        new: list[Arch] = []
+        for _ in range(_RANDOM_TRIES * max(n, 0)):
+            if len(new) >= n or len(evaluated) + len(pending) >= space:
+                return new
+            take(tuple(rng.choice(candidates) for _ in range(slots)), new)
+        if len(new) < n and space <= _ENUMERATE_UP_TO:  # a nearly exhausted space
+            rest = [a for a in itertools.product(candidates, repeat=slots)
+                    if a not in evaluated and a not in pending]
+            rng.shuffle(rest)
+            for arch in rest[: n - len(new)]:
+                take(arch, new)
+        return new
+
+    def mutation(parents: list[Arch], n: int) -> list[Arch]:
+        new: list[Arch] = []
+        for _ in range(3 * n):
+            if len(new) >= n or len(candidates) < 2:
+                break
+            child = tuple(rng.choice([o for o in candidates if o != c])
+                          if rng.random() < mutation_prob else c for c in rng.choice(parents))
+            take(child, new)
+        return new
+
+    def crossover(parents: list[Arch], n: int) -> list[Arch]:
+        new: list[Arch] = []
+        for _ in range(3 * n):
+            if len(new) >= n or len(parents) < 2 or slots < 2:
+                break
+            a, b = rng.sample(parents, 2)
+            cut = rng.randrange(1, slots)
+            take(a[:cut] + b[cut:], new)
+        return new
+
+    def run(pool: list[Arch]) -> None:
+        for arch in pool:
+            evaluated[arch] = tuple(float(v) for v in evaluate(arch))
+            pending.discard(arch)
+
+    pool = random_pool(population)
+    run(pool)
+    if spikes_ref is None:
+        spikes_ref = max(1.0, statistics.median(evaluated[a][1] for a in pool))
+    top: list[Arch] = []
+    history: list[list[list]] = []
+    for it in range(iterations):
+        cands = top + pool
+        top = [cands[i] for i in rank([evaluated[a] for a in cands], lam, spikes_ref)[:top_k]]
+        history.append([[list(a), *evaluated[a], fitness(*evaluated[a], lam, spikes_ref)]
+                        for a in top])
+        if it == iterations - 1:
+            break
+        pool = mutation(top, mutations)
+        pool += crossover(top, crossovers)
+        pool += random_pool(population - len(pool))
+        if not pool:  # every architecture of the space has been evaluated
+            break
+        run(pool)
+    return SearchResult(top[0], float(spikes_ref), evaluated, history)
+
+
+# -- the held-out split and candidate evaluation ------------------------------------------------
+def sample_keys(x_seq: torch.Tensor) -> list[int]:
+    """A 63-bit BLAKE2b key of each sample's encoded input x_seq[:, b] (all T steps), [T, B, ...]
+    → B ints: the same input gives the same key in any batch, epoch or process."""
+    per = x_seq.detach().to("cpu", torch.float32).transpose(0, 1).contiguous().numpy()
+    return [int.from_bytes(hashlib.blake2b(s.tobytes(), digest_size=8).digest(), "little") >> 1
+            for s in per]
+
+
+@torch.no_grad()
+def evaluate_arch(
+    net: Supernet, arch: Sequence[str], x: torch.Tensor, y: torch.Tensor, batch: int = _EVAL_BATCH,
+) -> tuple[float, float]:
+    """(accuracy, spikes per sample) of ``arch`` on samples ``x`` [N, T, ...] with labels ``y``
+    [N]: the supernet in eval mode; spikes of every neuron of the path at every step."""
+    was, before = net.training, net.arch
+    net.set_arch(arch)
+    net.eval()
+    device = next(net.parameters()).device
+    correct = 0
+    try:
+        with SpikeMonitor(net) as monitor:
+            for i in range(0, len(y), batch):
+                x_seq = x[i:i + batch].to(device).transpose(0, 1)  # [T, b, ...]
+                out = net(x_seq)
+                reset_state(net)
+                correct += int((out.mean(0).argmax(1) == y[i:i + batch].to(device)).sum())
+    finally:
+        net.train(was)
+        net.set_arch(before)
+    return correct / max(len(y), 1), monitor.spikes_per_sample()
+
+
+def _fraction(name: str, value: object) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < 1
+    if not ok:
+        raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+@dataclass
+class AutoSNN:
+    """Spike-aware architecture search: supernet trained by uniform path sampling during the
+    stage, evolutionary search at ``finalize`` with fitness Acc · (Spikes / S_ref)^λ, a fresh
+    ``autosnn_net`` of the winner returned. See the module docstring."""
+
+    NAME: ClassVar[str] = "autosnn"
+    PAPER: ClassVar[str] = "Na et al., ICML 2022 (arXiv 2201.12738)"
+    KIND: ClassVar[str] = "channels"  # it changes the architecture
+    REFUSES: ClassVar[tuple[str, ...]] = ("mlp",)
+
+    stem: int = DEFAULT_STEM
+    widths: list[list[int]] = field(default_factory=lambda: [list(w) for w in SEARCH_WIDTHS])
+    candidates: list[str] = field(default_factory=lambda: list(CELLS))
+    pool: str = "max"
+    fitness_lambda: float = PAPER_LAMBDA
+    spikes_ref: float | None = None
+    search_fraction: float = 0.2
+    search_samples: int = 1024
+    iterations: int = 10
+    population: int = 10
+    mutations: int = 5
+    mutation_prob: float = 0.2
+    crossovers: int = 5
+    top_k: int = 5
+    init: str = "inherit"
+    seed: int = 0
+    held_x_: torch.Tensor = field(default_factory=lambda: torch.zeros(0), init=False, repr=False,
+                                  compare=False)
+    held_y_: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64),
+                                  init=False, repr=False, compare=False)
+    held_keys_: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64),
+                                     init=False, repr=False, compare=False)
+    result_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _count("stem", self.stem, 1)
+        self.widths = check_widths("widths", self.widths)
+        self.candidates = list(check_candidates("candidates", self.candidates))
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {list(POOLS)}, got {self.pool!r}")
+        lam = self.fitness_lambda
+        if isinstance(lam, bool) or not isinstance(lam, int | float) or not -10 <= lam <= 0:
+            raise ValueError(f"fitness_lambda must be a number in [-10, 0] (the paper: -0.08; 0 "
+                             f"ranks by accuracy only), got {lam!r}")
+        self.fitness_lambda = float(lam)
+        ref = self.spikes_ref
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, int | float)
+                                or not ref > 0):
+            raise ValueError(f"spikes_ref must be a number > 0 (spikes per sample) or null (the "
+                             f"median of the first population), got {ref!r}")
+        self.spikes_ref = None if ref is None else float(ref)
+        self.search_fraction = _fraction("search_fraction", self.search_fraction)
+        _count("search_samples", self.search_samples, 1)
+        _count("iterations", self.iterations, 1)
+        _count("population", self.population, 1)
+        _count("mutations", self.mutations, 0)
+        _count("crossovers", self.crossovers, 0)
+        _count("top_k", self.top_k, 1)
+        p = self.mutation_prob
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
+            raise ValueError(f"mutation_prob must be in (0, 1], got {p!r}")
+        self.mutation_prob = float(p)
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(f"mutations + crossovers ({self.mutations} + {self.crossovers}) must "
+                             f"not exceed population ({self.population})")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+                0 <= self.seed < 2**63):
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, ctx: Context) -> None:
+        """Build the search space from the entering model (input shape, classes, neuron, norm)
+        and install the supernet as ``model.autosnn_supernet``; empty the search set."""
+        space = self.space_of(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = Supernet(space)
+        p = next(model.parameters(), None)
+        if p is not None:
+            net = net.to(device=p.device, dtype=p.dtype)
+        model.add_module(SUPERNET, net.train(model.training))
+        self.held_x_ = torch.zeros(0)
+        self.held_y_ = torch.zeros(0, dtype=torch.int64)
+        self.held_keys_ = torch.zeros(0, dtype=torch.int64)
+        self.result_ = {}
+        log.info("autosnn: %d slots x %d candidates = %d architectures", len(space.slots),
+                 len(space.candidates), space.size)
+
+    def space_of(self, model: nn.Module) -> SearchSpace:
+        """The search space on ``model``'s data (a one-line error for a model it cannot read)."""
+        spec, in_shape = getattr(model, "spec", None), getattr(model, "in_shape", None)
+        if not isinstance(spec, dict) or in_shape is None or "classes" not in spec:
+            raise ValueError(f"autosnn: the model {type(model).__name__} was not built by "
+                             f"spikecompress.models (no spec / in_shape): the search reads the "
+                             f"input shape, classes and neuron from them")
+        if len(in_shape) < 2:
+            raise ValueError(f"autosnn: the {spec['name']} model takes flat inputs "
+                             f"{tuple(in_shape)}; the search space is convolutional: start from "
+                             f"a model with a spatial input (conv_net, conv1d_net, vgg, resnet, "
+                             f"sew_resnet)")
+        if not spec.get("spiking", True):
+            raise ValueError(f"autosnn: the {spec['name']} model is an ANN (spiking: false); the "
+                             f"search space is of spiking cells")
+        return SearchSpace(
+            in_shape=tuple(in_shape), classes=spec["classes"], stem=self.stem,
+            widths=tuple(tuple(w) for w in self.widths), candidates=tuple(self.candidates),
+            pool=self.pool, neuron=spec.get("neuron", "lif"),
+            neuron_params=dict(spec.get("neuron_params") or {}), norm=spec.get("norm", "bn"),
+            steps=spec.get("steps"))
+
+    def train_step(
+        self, model: nn.Module, x_seq: torch.Tensor, y: torch.Tensor, ctx: Context
+    ) -> tuple[float, torch.Tensor]:
+        """One supernet step on the batch's training rows along the path of this step; the
+        held-out rows join the search set (their logits, in eval mode, fill the returned
+        out_seq [T, B, classes] for the loop's accuracy)."""
+        net = self.supernet(model)
+        if ctx.optimizer is None or ctx.lr_at is None:
+            raise ValueError("autosnn: the supernet trains with the loop's optimizer: call "
+                             "Session.bind(optimizer, ...) first")
+        keys = sample_keys(x_seq)
+        held = torch.tensor([k < self.search_fraction * 2**63 for k in keys], dtype=torch.bool)
+        self._keep(x_seq, y, keys, held)
+        held = held.to(x_seq.device)
+        net.set_arch(self.path(ctx.step, net.space))
+        T, B = x_seq.shape[:2]
+        out = x_seq.new_zeros(T, B, net.space.classes)
+        loss_value = 0.0
+        opt, lr = ctx.optimizer, ctx.lr_at(ctx.step)
+        if bool((~held).any()):
+            for g in opt.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            out_train = net(x_seq[:, ~held])
+            loss = task_loss(out_train, y[~held], ctx.task_loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            out[:, ~held] = out_train.detach().to(out.dtype)
+            loss_value = float(loss.detach())
+            reset_state(net)
+        if bool(held.any()):
+            was = net.training
+            net.eval()
+            with torch.no_grad():
+                out[:, held] = net(x_seq[:, held]).to(out.dtype)
+            net.train(was)
+            reset_state(net)
+        return loss_value, out
+
+    def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """Search, then return the winner as a fresh ``autosnn_net`` (``init``: inherited
+        weights or a seeded re-initialisation), in the entering model's train/eval mode."""
+        net = self.supernet(model)
+        result = self.search(net)
+        self.result_ = result.summary(self.fitness_lambda)
+        r = self.result_
+        log.info("autosnn: chose %s (held-out accuracy %.4f, %.1f spikes/sample, fitness %.4f, "
+                 "S_ref %.1f) after %d evaluations", r["arch"], r["accuracy"],
+                 r["spikes_per_sample"], r["fitness"], r["spikes_ref"], r["evaluated"])
+        new = net.extract(result.best, self.init, self.seed).train(model.training)
+        delattr(model, SUPERNET)
+        return new
+
+    # -- the pieces ------------------------------------------------------------------------------
+    def supernet(self, model: nn.Module) -> Supernet:
+        net = getattr(model, SUPERNET, None)
+        if not isinstance(net, Supernet):
+            raise RuntimeError("autosnn: the model holds no supernet; attach the method first")
+        return net
+
+    def path(self, step: int, space: SearchSpace) -> Arch:
+        """The path trained at ``step``: every slot's cell drawn uniformly, seeded by
+        (``seed``, ``step``)."""
+        rng = random.Random(f"autosnn:{self.seed}:{step}")
+        return tuple(rng.choice(space.candidates) for _ in space.slots)
+
+    def search(self, net: Supernet) -> SearchResult:
+        """The evolutionary search on the held-out samples (deterministic for a given seed)."""
+        if self.held_y_.numel() == 0:
+            raise RuntimeError(f"autosnn: no held-out sample was seen (search_fraction "
+                               f"{self.search_fraction}); train the stage for at least one epoch "
+                               f"of a data set with more than a handful of samples")
+        x, y = self.held_x_, self.held_y_
+        return evolve(
+            lambda arch: evaluate_arch(net, arch, x, y), net.space.candidates,
+            len(net.space.slots), iterations=self.iterations, population=self.population,
+            mutations=self.mutations, mutation_prob=self.mutation_prob,
+            crossovers=self.crossovers, top_k=self.top_k, lam=self.fitness_lambda,
+            spikes_ref=self.spikes_ref, seed=self.seed)
+
+    def _keep(self, x_seq: torch.Tensor, y: torch.Tensor, keys: list[int],
+              held: torch.Tensor) -> None:
+        """Add the batch's held-out samples not kept yet, up to ``search_samples``."""
+        known = set(self.held_keys_.tolist())
+        new = []
+        for b in torch.nonzero(held).flatten().tolist():
+            if keys[b] not in known and len(known) < self.search_samples:
+                known.add(keys[b])
+                new.append(b)
+        if not new:
+            return
+        idx = torch.tensor(new)
+        xs = x_seq.detach()[:, idx.to(x_seq.device)].transpose(0, 1).to("cpu", torch.float32)
+        ys = y.detach()[idx.to(y.device)].to("cpu", torch.int64)
+        ks = torch.tensor([keys[b] for b in new], dtype=torch.int64)
+        self.held_x_ = xs if self.held_x_.numel() == 0 else torch.cat([self.held_x_, xs])
+        self.held_y_ = torch.cat([self.held_y_, ys])
+        self.held_keys_ = torch.cat([self.held_keys_, ks])
