@@ -106,7 +106,8 @@ def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by: dict[str, list[float]] = {}
     for r in rows:
-        by.setdefault(r["config"], []).append(100 * r["accuracy"])
+        knobs = "".join(f" {k} {r[k]:g}" for k in ("alpha", "tau") if k in r)
+        by.setdefault(r["config"] + knobs, []).append(100 * r["accuracy"])
     plain = statistics.mean(by["plain"]) if "plain" in by else None
     lines = ["| configuration | accuracy (mean ± std) | n | vs plain |", "|---|---|---|---|"]
     for name, accs in by.items():
