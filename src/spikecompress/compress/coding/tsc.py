@@ -34,6 +34,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from spikecompress.compress.coding.calibration import (
+    ann_twin_spec,
+    check_knobs,
+    collector,
+    percentiles,
+)
 from spikecompress.compress.method import Context
 from spikecompress.models.tsc import plan, to_tsc
 
@@ -60,39 +66,14 @@ class TSCConversion:
     hooks_: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.percentile, bool) or not isinstance(self.percentile, int | float) or (
-                not 0 < self.percentile <= 100):
-            raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_knobs(self.percentile, self.samples, self.seed)
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        spec = getattr(model, "spec", None)
-        if not isinstance(spec, dict) or spec.get("spiking", True):
-            raise ValueError("tsc needs the ANN twin: a model built with spiking: false")
+        ann_twin_spec(model, self.NAME)
         names = plan(model).neurons
         relus = [(n, model.get_submodule(n)) for n in names]
-        self.hooks_ = [m.register_forward_hook(self._collector(n, i))
+        self.hooks_ = [m.register_forward_hook(collector(self, n, i))
                        for i, (n, m) in enumerate(relus)]
-
-    def _collector(self, name: str, index: int):
-        def hook(module, inputs, output) -> None:
-            pool, key = (self.values_, name) if module.training else (self.evals_, f"eval:{name}")
-            done = int(self.batches_.get(key, 0))
-            # a generator per batch, seeded by what came before: a resumed stage draws the same
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 65_537 + done)
-            pos = output.detach().flatten()
-            pos = pos[pos > 0].float().cpu()  # [N] positive activations of this batch
-            old = pool.get(name)
-            kept = pos if old is None else torch.cat([old, pos])
-            if kept.numel() > self.samples:  # a uniform subsample of everything seen
-                kept = kept[torch.randperm(kept.numel(), generator=gen)[: self.samples]]
-            pool[name] = kept
-            self.batches_[key] = torch.tensor(done + 1)
-
-        return hook
 
     def activations(self) -> dict[str, torch.Tensor]:
         """ReLU name → the positive activations kept (training-mode forwards when there were
@@ -102,9 +83,7 @@ class TSCConversion:
     def thresholds(self) -> dict[str, float]:
         """ReLU name → its neuron's θ: the ``percentile`` of its positive activations (1.0 when
         none was positive)."""
-        q = self.percentile / 100
-        return {name: float(torch.quantile(v.double(), q)) if v.numel() else 1.0
-                for name, v in self.activations().items()}
+        return percentiles(self.activations(), self.percentile)
 
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
         for h in self.hooks_:

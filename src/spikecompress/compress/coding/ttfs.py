@@ -39,6 +39,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from spikecompress.compress.coding.calibration import (
+    ann_twin_spec,
+    check_knobs,
+    generator,
+    percentiles,
+    positive,
+)
 from spikecompress.compress.method import Context
 from spikecompress.models.ttfs import plan, to_ttfs
 from spikecompress.snn.losses import task_loss
@@ -82,18 +89,10 @@ class TTFSConversion:
             if self.schedule != "layered":
                 raise ValueError("window is the layered schedule's; with schedule concurrent "
                                  "leave it null")
-        if isinstance(self.percentile, bool) or not isinstance(self.percentile, int | float) or (
-                not 0 < self.percentile <= 100):
-            raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ValueError(f"samples must be an integer >= 1, got {self.samples!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_knobs(self.percentile, self.samples, self.seed)
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        spec = getattr(model, "spec", None)
-        if not isinstance(spec, dict) or spec.get("spiking", True):
-            raise ValueError("ttfs needs the ANN twin: a model built with spiking: false")
+        spec = ann_twin_spec(model, self.NAME)
         if spec.get("ttfs") is not None:
             raise ValueError("ttfs: the model is a TTFS network already")
         plan(model)  # one line naming the first module that cannot be converted
@@ -127,10 +126,8 @@ class TTFSConversion:
         def hook(module, inputs, output) -> None:
             # a generator per batch and ReLU, seeded by what came before: a resumed stage draws
             # the same keys
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 65_537
-                                                + self.batches_)
-            pos = output.detach().flatten()
-            pos = pos[pos > 0].float().cpu()
+            gen = generator(self.seed, index, self.batches_)
+            pos = positive(output)
             keys = torch.rand(pos.numel(), generator=gen)
             if name in self.values_:
                 pos = torch.cat([self.values_[name], pos])
@@ -145,10 +142,7 @@ class TTFSConversion:
     def thresholds(self) -> dict[str, float]:
         """ReLU name → its activation scale λ: the ``percentile`` of its positive activations
         seen so far (1.0 if none was positive)."""
-        return {
-            name: float(torch.quantile(v.double(), self.percentile / 100)) if v.numel() else 1.0
-            for name, v in self.values_.items()
-        }
+        return percentiles(self.values_, self.percentile)
 
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
         relus = plan(model).neurons

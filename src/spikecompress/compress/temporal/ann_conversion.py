@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from spikecompress.compress.coding.calibration import ann_twin_spec, collector, percentiles
 from spikecompress.compress.method import Context
 from spikecompress.models import from_spec
 
@@ -89,34 +90,13 @@ class ANNConversion:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
 
     def attach(self, model: nn.Module, ctx: Context) -> None:
-        spec = getattr(model, "spec", None)
-        if not isinstance(spec, dict) or spec.get("spiking", True):
-            raise ValueError("ann_conversion needs the ANN twin: a model built with spiking: false")
+        ann_twin_spec(model, self.NAME)
         relus = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
         if not relus:
             raise ValueError("ann_conversion: the model has no ReLU to convert")
         self.readers_ = spike_readers(model)
-        self.hooks_ = [m.register_forward_hook(self._collector(n, i))
+        self.hooks_ = [m.register_forward_hook(collector(self, n, i, presample=True))
                        for i, (n, m) in enumerate(relus)]
-
-    def _collector(self, name: str, index: int):
-        def hook(module, inputs, output) -> None:
-            pool, key = (self.values_, name) if module.training else (self.evals_, f"eval:{name}")
-            done = int(self.batches_.get(key, 0))
-            # a generator per batch, seeded by what came before: a resumed stage draws the same
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 65_537 + done)
-            pos = output.detach().flatten()
-            pos = pos[pos > 0].float().cpu()  # [N] positive activations of this batch
-            if pos.numel() > self.samples:
-                pos = pos[torch.randperm(pos.numel(), generator=gen)[: self.samples]]
-            old = pool.get(name)
-            kept = pos if old is None else torch.cat([old, pos])
-            if kept.numel() > self.samples:  # keep a uniform subsample of everything seen
-                kept = kept[torch.randperm(kept.numel(), generator=gen)[: self.samples]]
-            pool[name] = kept
-            self.batches_[key] = torch.tensor(done + 1)
-
-        return hook
 
     def activations(self) -> dict[str, torch.Tensor]:
         """ReLU name → the positive activations kept: those of training-mode forwards when there
@@ -127,10 +107,7 @@ class ANNConversion:
     def percentiles(self) -> dict[str, float]:
         """ReLU name → the ``percentile`` of its positive activations seen so far (1.0 if none
         was positive)."""
-        return {
-            name: float(torch.quantile(v.double(), self.percentile / 100)) if v.numel() else 1.0
-            for name, v in self.activations().items()
-        }
+        return percentiles(self.activations(), self.percentile)
 
     def thresholds(self) -> dict[str, float]:
         """ReLU name → its neuron's threshold: its ``percentile``, or the largest percentile of
