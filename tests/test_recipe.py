@@ -304,7 +304,9 @@ CASES = {name: [{"name": name, **FAST.get(name, {})}] for name in METHODS} | {
 STATELESS = {"kl_kd", "spike_kd", "bntt_kd", "activity"}
 
 
-@pytest.mark.parametrize("methods", list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize("methods", [  # a stateless loss method alone: slow tier (its
+    pytest.param(m, marks=pytest.mark.slow) if name in STATELESS else m  # compositions stay)
+    for name, m in CASES.items()], ids=list(CASES))
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods
 ):

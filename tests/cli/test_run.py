@@ -120,7 +120,12 @@ def _tiny_overrides(d: dict) -> list[str]:
     return sets
 
 
-@pytest.mark.parametrize("name", shipped_recipes())
+# the distillation recipes share kl_kd's machinery (stage models, stage: teachers): slow tier
+SLOW_RECIPES = {"kl_kd_chain", "spike_kd", "kdsnn", "bntt_kd"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in SLOW_RECIPES else n for n in shipped_recipes()])
 def test_every_shipped_recipe_runs_by_name(name, tmp_path, capsys, monkeypatch):
     text = importlib.resources.files("spikecompress.recipes").joinpath(f"{name}.yaml").read_text()
     d = yaml.safe_load(text)

@@ -44,7 +44,12 @@ def trained_bntt(data):
     return model
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS
+# distillation methods beyond kl_kd share its machinery: slow tier (bntt_kd trains its own model)
+SLOW = {"spike_kd", "kdsnn", "bntt_kd"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in METHODS
                                   if n not in ("ann_conversion", "tsc", "ttfs", "autosnn")])
 def test_defaults_compress_a_trained_cnn_and_keep_its_accuracy(name, trained, data, request):
     # temporal pruning exists for the descent in T: its stage runs at T = 2 after the dense T = 4
@@ -99,6 +104,7 @@ def test_ttfs_defaults_keep_the_ann_accuracy_at_10_steps():
     assert result["compressed"]["spikes_per_sample"] / neurons < 1
 
 
+@pytest.mark.slow  # a supernet, a search and a retraining: 8 s
 def test_autosnn_defaults_find_a_sparser_architecture_that_trains_to_dense_accuracy(trained, data):
     """AutoSNN is a search, not a fine-tune: its stage (defaults; 4 epochs of supernet training,
     the entering CNN only gives the input shape and neuron) returns a new architecture which,

@@ -183,15 +183,9 @@ def test_each_neuron_emits_zero_or_two_spikes_on_the_digits_test_set(tsc_net):
 
 
 # -- conversion -----------------------------------------------------------------------------
-def test_converted_digits_cnn_keeps_the_ann_accuracy(ann, tsc_net, digits, capsys):
+def test_converted_digits_cnn_keeps_the_ann_accuracy(ann, tsc_net, digits):
     ann_acc = evaluate(ann, digits.test)["accuracy"]
-    report = {}
-    for Tw in (8, 32):
-        report[Tw] = evaluate(tsc_net, _data(Tw + 1).test)
-    with capsys.disabled():
-        print(f"\nTSC digits: ANN {ann_acc:.4f}; " + "; ".join(
-            f"Tw={Tw}: {r['accuracy']:.4f}, {r['spikes_per_sample']:.0f} spikes/sample"
-            for Tw, r in report.items()))
+    report = {Tw: evaluate(tsc_net, _data(Tw + 1).test) for Tw in (8, 32)}
     assert report[32]["accuracy"] >= ann_acc - 0.02
     assert report[8]["accuracy"] >= ann_acc - 0.05
 
