@@ -5,7 +5,8 @@
     logits = acc.float() * program.scale     # == the fake-quant model's logits, bit for bit
     save_integer(program, "runs/a/artifact"); program = load_integer("runs/a/artifact")
 
-By concept: ``ops`` (the integer operations, each a dataclass over integer tensors),
+By concept: ``ops`` (the synaptic operations and the helpers every op shares), ``neuron_op``
+(the spiking layer) and ``shape_ops`` (pooling and flatten), each a dataclass over integer tensors;
 ``program`` (``IntegerSNN``: the ops in order, their checks and forward), ``lowering``
 (``to_integer``: a quantized model to its program) and ``files`` (``save_integer`` /
 ``load_integer``: the folder of ``integer.safetensors`` and ``integer.json``).
@@ -20,24 +21,20 @@ from spikecompress.export.integer.files import (
     save_integer,
 )
 from spikecompress.export.integer.lowering import to_integer
+from spikecompress.export.integer.neuron_op import IntNeuronOp
 from spikecompress.export.integer.ops import (
     ACC_LIMIT,
     INT_DTYPES,
-    OPS,
     SYNAPTIC,
     UNFOLD_BUDGET,
-    Flatten,
     IntConv,
     IntLinear,
-    IntNeuronOp,
-    MaxPool,
-    Op,
     Shape,
-    SumPool,
     bits_of,
     weight_dtype,
 )
-from spikecompress.export.integer.program import IntegerSNN, LayerTrace
+from spikecompress.export.integer.program import OPS, IntegerSNN, LayerTrace, Op
+from spikecompress.export.integer.shape_ops import Flatten, MaxPool, SumPool
 
 __all__ = [
     "ACC_LIMIT", "FORMAT", "FORMAT_VERSION", "INT_DTYPES", "OPS", "SPEC_FILE", "SYNAPTIC",

@@ -21,8 +21,8 @@ from safetensors.torch import save as st_save
 from spikecompress._version import __version__
 from spikecompress.atomic import write_pair
 from spikecompress.export.artifact import ArtifactError
-from spikecompress.export.integer.ops import _TENSOR_DTYPES, OPS
-from spikecompress.export.integer.program import IntegerSNN
+from spikecompress.export.integer.ops import _TENSOR_DTYPES
+from spikecompress.export.integer.program import OPS, IntegerSNN
 
 FORMAT = "spikecompress-integer"
 FORMAT_VERSION = 1

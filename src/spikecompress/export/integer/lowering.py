@@ -9,22 +9,19 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from spikecompress.export.integer.neuron_op import IntNeuronOp
 from spikecompress.export.integer.ops import (
     ACC_LIMIT,
-    Flatten,
     IntConv,
     IntLinear,
-    IntNeuronOp,
-    MaxPool,
-    Op,
     Shape,
-    SumPool,
     _codes_problem,
     _tuple,
     bits_of,
     weight_dtype,
 )
-from spikecompress.export.integer.program import IntegerSNN
+from spikecompress.export.integer.program import IntegerSNN, Op
+from spikecompress.export.integer.shape_ops import Flatten, MaxPool, SumPool
 from spikecompress.models.common import Network
 from spikecompress.models.resnet import BasicBlock, SEWBlock
 from spikecompress.snn import layers as L

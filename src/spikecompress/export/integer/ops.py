@@ -1,15 +1,15 @@
-"""The integer SNN's operations, each a dataclass over integer tensors applied to x [T, B, ...]:
+"""The integer SNN's synaptic operations and the helpers and tables every op shares; each op is a
+dataclass over integer tensors applied to x [T, B, ...]:
 
 * ``IntConv`` (1-D or 2-D): ``acc = conv(x, codes) + bias`` (codes int8/int16 [O, C, *k], bias
   int32 [O]; zero padding, stride; no groups or dilation), by ``unfold`` and an int64 matmul.
 * ``IntLinear``: ``acc = x · codesᵀ + bias`` (codes [O, F]).
-* ``IntNeuronOp``: ``snn.integer.IntNeuron.step`` from u = 0 at t = 0, spikes times the optional
-  ``spike_mask`` (int8 {0, 1} of one sample's shape).
-* ``SumPool``: the window sum (an average pool whose 1/area went into the next layer's
-  ``input_scale``); ``MaxPool``: the window maximum; ``Flatten``: one sample to a vector.
 
-Each op has ``kind``, ``out_shape`` (one sample's shape through it, or a ValueError naming it),
-``run``, ``tensors`` and ``spec`` (what is saved) and ``build`` (its inverse).
+The neuron op is in ``neuron_op`` (``IntNeuronOp``), the pooling and flatten ops in ``shape_ops``
+(``SumPool``, ``MaxPool``, ``Flatten``), and the union ``Op``, the registry ``OPS`` and the
+tensor checks in ``program``. Each op has ``kind``, ``out_shape`` (one sample's shape through it,
+or a ValueError naming it), ``run``, ``tensors`` and ``spec`` (what is saved) and ``build`` (its
+inverse).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from spikecompress.snn.integer import MAX_BITS, MAX_SHIFT, IntNeuron, qmax
+from spikecompress.snn.integer import MAX_BITS, qmax
 
 ACC_LIMIT = 2**31  # accumulators must fit an int32
 UNFOLD_BUDGET = 2**24  # bytes of the largest unfolded conv input per forward chunk
@@ -84,6 +84,10 @@ def _fold(fn, x_seq: torch.Tensor) -> torch.Tensor:
 def _window_out(size: Shape, kernel: Shape, stride: Shape, padding: Shape) -> Shape:
     return tuple((s + 2 * p - k) // st + 1 for s, k, st, p in
                  zip(size, kernel, stride, padding, strict=True))
+
+
+def _present(**tensors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tensors.items() if v is not None}
 
 
 @dataclass(repr=False, eq=False)
@@ -205,152 +209,6 @@ class IntLinear:
                    t["input_scale"])
 
 
-@dataclass(repr=False, eq=False)
-class IntNeuronOp:
-    """A spiking layer: ``neuron.step`` (``snn.integer.IntNeuron``) per time step from u = 0,
-    its spikes (0/1, int64) times ``spike_mask`` (int8 {0, 1} of one sample's shape, or None).
-    ``membrane_scale`` (float32 [] or [C]): metadata, the membrane's unit."""
-
-    name: str
-    neuron: IntNeuron
-    spike_mask: torch.Tensor | None
-    membrane_scale: torch.Tensor
-
-    kind = "neuron"
-
-    def out_shape(self, shape: Shape) -> Shape:
-        for key in ("leak", "gain", "threshold"):
-            p = getattr(self.neuron, key)
-            if p.dim() > 1 or (p.dim() == 1 and (len(shape) < 1 or p.shape[0] != shape[0])):
-                raise ValueError(f"{self.name}: {key} of shape {list(p.shape)} does not fit "
-                                 f"samples of shape {list(shape)} (a scalar or one per channel)")
-        if self.spike_mask is not None and tuple(self.spike_mask.shape) != tuple(shape):
-            raise ValueError(f"{self.name}: spike_mask of shape {list(self.spike_mask.shape)} "
-                             f"does not fit samples of shape {list(shape)}")
-        return tuple(shape)
-
-    def run(self, x_seq: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(x_seq)
-        u = torch.zeros_like(x_seq[0])
-        for t in range(x_seq.shape[0]):
-            out[t], u, _ = self.neuron.step(u, x_seq[t])
-        if self.spike_mask is not None:
-            out *= self.spike_mask.to(torch.int64)
-        return out
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        n = self.neuron
-        return _present(leak=n.leak, gain=n.gain, threshold=n.threshold,
-                        spike_mask=self.spike_mask, membrane_scale=self.membrane_scale)
-
-    def spec(self) -> dict:
-        n = self.neuron
-        return {"shift": n.shift, "membrane_bits": n.bits, "soft": n.soft}
-
-    @classmethod
-    def build(cls, name: str, spec: dict, t: dict[str, torch.Tensor]) -> IntNeuronOp:
-        neuron = IntNeuron(t["leak"], t["gain"], int(spec["shift"]), t["threshold"],
-                           int(spec["membrane_bits"]), bool(spec["soft"]))
-        return cls(name, neuron, t.get("spike_mask"), t["membrane_scale"])
-
-
-@dataclass(repr=False, eq=False)
-class SumPool:
-    """Window sum over the trailing ``len(kernel)`` dims (no padding): an average pool whose
-    1/area went into the next layer's ``input_scale``."""
-
-    name: str
-    kernel: Shape
-    stride: Shape
-
-    kind = "sumpool"
-
-    def out_shape(self, shape: Shape) -> Shape:
-        return _pool_shape(self, shape, (0,) * len(self.kernel))
-
-    def run(self, x_seq: torch.Tensor) -> torch.Tensor:
-        d = len(self.kernel)
-        return _fold(lambda x: _windows(x, self.kernel, self.stride).sum(
-            tuple(range(-d, 0))), x_seq)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def spec(self) -> dict:
-        return {"kernel": list(self.kernel), "stride": list(self.stride)}
-
-    @classmethod
-    def build(cls, name: str, spec: dict, t: dict[str, torch.Tensor]) -> SumPool:
-        return cls(name, tuple(spec["kernel"]), tuple(spec["stride"]))
-
-
-@dataclass(repr=False, eq=False)
-class MaxPool:
-    """Window maximum over the trailing ``len(kernel)`` dims, padding never chosen."""
-
-    name: str
-    kernel: Shape
-    stride: Shape
-    padding: Shape
-
-    kind = "maxpool"
-
-    def out_shape(self, shape: Shape) -> Shape:
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel, strict=True)):
-            raise ValueError(f"{self.name}: padding {list(self.padding)} exceeds half the "
-                             f"kernel {list(self.kernel)}")
-        return _pool_shape(self, shape, self.padding)
-
-    def run(self, x_seq: torch.Tensor) -> torch.Tensor:
-        d = len(self.kernel)
-
-        def pool(x: torch.Tensor) -> torch.Tensor:
-            if any(self.padding):  # every window keeps one real element (padding <= k / 2)
-                x = F.pad(x, _pad_arg(self.padding), value=float(-(2**62)))
-            return _windows(x, self.kernel, self.stride).amax(tuple(range(-d, 0)))
-
-        return _fold(pool, x_seq)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def spec(self) -> dict:
-        return {"kernel": list(self.kernel), "stride": list(self.stride),
-                "padding": list(self.padding)}
-
-    @classmethod
-    def build(cls, name: str, spec: dict, t: dict[str, torch.Tensor]) -> MaxPool:
-        return cls(name, tuple(spec["kernel"]), tuple(spec["stride"]), tuple(spec["padding"]))
-
-
-@dataclass(repr=False, eq=False)
-class Flatten:
-    """One sample [d1, d2, ...] → [d1·d2·...]."""
-
-    name: str
-
-    kind = "flatten"
-
-    def out_shape(self, shape: Shape) -> Shape:
-        return (math.prod(shape),)
-
-    def run(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return x_seq.flatten(2)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def spec(self) -> dict:
-        return {}
-
-    @classmethod
-    def build(cls, name: str, spec: dict, t: dict[str, torch.Tensor]) -> Flatten:
-        return cls(name)
-
-
-Op = IntConv | IntLinear | IntNeuronOp | SumPool | MaxPool | Flatten
-OPS: dict[str, type] = {c.kind: c for c in (IntConv, IntLinear, IntNeuronOp, SumPool, MaxPool,
-                                             Flatten)}
 SYNAPTIC = (IntConv, IntLinear)
 # every tensor an op may hold: (required, allowed dtypes)
 _TENSOR_DTYPES = {
@@ -360,48 +218,3 @@ _TENSOR_DTYPES = {
     "threshold": (True, (torch.int64,)), "spike_mask": (False, (torch.int8,)),
     "membrane_scale": (True, (torch.float32,)),
 }
-
-
-def _present(**tensors: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in tensors.items() if v is not None}
-
-
-def _pool_shape(op: SumPool | MaxPool, shape: Shape, padding: Shape) -> Shape:
-    d = len(op.kernel)
-    if len(shape) != 1 + d:
-        raise ValueError(f"{op.name}: a {d}-D pool gets samples of shape {list(shape)}")
-    out = _window_out(shape[1:], op.kernel, op.stride, padding)
-    if min(out) < 1:
-        raise ValueError(f"{op.name}: input {list(shape)} is smaller than the pool window")
-    return (shape[0], *out)
-
-
-def _check_tensors(op: Op) -> None:
-    """Dtypes and code ranges of one op's tensors (ValueError naming ``<op>.<tensor>``)."""
-    for key, t in op.tensors().items():
-        allowed = _TENSOR_DTYPES[key][1]
-        if t.dtype not in allowed:
-            raise ValueError(f"{op.name}.{key}: dtype {str(t.dtype)[6:]}, expected "
-                             f"{' or '.join(str(a)[6:] for a in allowed)}")
-    if isinstance(op, SYNAPTIC):
-        problem = _codes_problem(op.codes, op.weight_bits)
-        if problem is not None:
-            raise ValueError(f"{op.name}.codes {problem}")
-        if op.codes.dtype != weight_dtype(op.weight_bits):
-            raise ValueError(f"{op.name}.codes: {op.weight_bits}-bit codes stored as "
-                             f"{str(op.codes.dtype)[6:]}")
-        c_out = op.codes.shape[0]
-        if op.bias is not None and tuple(op.bias.shape) != (c_out,):
-            raise ValueError(f"{op.name}.bias: shape {list(op.bias.shape)}, expected [{c_out}]")
-        if op.weight_scale.dim() > 1 or op.weight_scale.numel() not in (1, c_out) or \
-                op.input_scale.dim() != 0:
-            raise ValueError(f"{op.name}.weight_scale: shape {list(op.weight_scale.shape)}, "
-                             f"expected [] or [{c_out}] (and input_scale [])")
-    if isinstance(op, IntNeuronOp):
-        n = op.neuron
-        if not 0 <= n.shift <= MAX_SHIFT or not 1 <= n.bits <= MAX_BITS:
-            raise ValueError(f"{op.name}: shift {n.shift} or membrane_bits {n.bits} out of range")
-        mask = op.spike_mask
-        if mask is not None and mask.numel() and bool(((mask != 0) & (mask != 1)).any()):
-            raise ValueError(f"{op.name}.spike_mask holds values other than 0 and 1")
-

@@ -21,22 +21,55 @@ from dataclasses import dataclass
 
 import torch
 
+from spikecompress.export.integer.neuron_op import IntNeuronOp
 from spikecompress.export.integer.ops import (
+    _TENSOR_DTYPES,
     ACC_LIMIT,
     INT_DTYPES,
     SYNAPTIC,
     UNFOLD_BUDGET,
-    Flatten,
     IntConv,
     IntLinear,
-    IntNeuronOp,
-    Op,
     Shape,
-    SumPool,
-    _check_tensors,
+    _codes_problem,
     weight_dtype,
 )
-from spikecompress.snn.integer import MAX_BITS, check_range, qmax
+from spikecompress.export.integer.shape_ops import Flatten, MaxPool, SumPool
+from spikecompress.snn.integer import MAX_BITS, MAX_SHIFT, check_range, qmax
+
+Op = IntConv | IntLinear | IntNeuronOp | SumPool | MaxPool | Flatten
+OPS: dict[str, type] = {c.kind: c for c in (IntConv, IntLinear, IntNeuronOp, SumPool, MaxPool,
+                                             Flatten)}
+
+
+def _check_tensors(op: Op) -> None:
+    """Dtypes and code ranges of one op's tensors (ValueError naming ``<op>.<tensor>``)."""
+    for key, t in op.tensors().items():
+        allowed = _TENSOR_DTYPES[key][1]
+        if t.dtype not in allowed:
+            raise ValueError(f"{op.name}.{key}: dtype {str(t.dtype)[6:]}, expected "
+                             f"{' or '.join(str(a)[6:] for a in allowed)}")
+    if isinstance(op, SYNAPTIC):
+        problem = _codes_problem(op.codes, op.weight_bits)
+        if problem is not None:
+            raise ValueError(f"{op.name}.codes {problem}")
+        if op.codes.dtype != weight_dtype(op.weight_bits):
+            raise ValueError(f"{op.name}.codes: {op.weight_bits}-bit codes stored as "
+                             f"{str(op.codes.dtype)[6:]}")
+        c_out = op.codes.shape[0]
+        if op.bias is not None and tuple(op.bias.shape) != (c_out,):
+            raise ValueError(f"{op.name}.bias: shape {list(op.bias.shape)}, expected [{c_out}]")
+        if op.weight_scale.dim() > 1 or op.weight_scale.numel() not in (1, c_out) or \
+                op.input_scale.dim() != 0:
+            raise ValueError(f"{op.name}.weight_scale: shape {list(op.weight_scale.shape)}, "
+                             f"expected [] or [{c_out}] (and input_scale [])")
+    if isinstance(op, IntNeuronOp):
+        n = op.neuron
+        if not 0 <= n.shift <= MAX_SHIFT or not 1 <= n.bits <= MAX_BITS:
+            raise ValueError(f"{op.name}: shift {n.shift} or membrane_bits {n.bits} out of range")
+        mask = op.spike_mask
+        if mask is not None and mask.numel() and bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError(f"{op.name}.spike_mask holds values other than 0 and 1")
 
 
 @dataclass
