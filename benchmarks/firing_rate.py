@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -73,9 +74,9 @@ def _metrics(model, data) -> dict:
             "params": m.params, "T": m.time_steps}
 
 
-def _train(model, data, epochs, lr, methods=()):
+def _train(model, data, epochs, lr, methods=(), seed=0):
     session = attach(model, list(methods))
-    Trainer(model, data, TrainConfig(epochs=epochs, lr=lr, seed=0), session=session,
+    Trainer(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed), session=session,
             verbose=False).fit()
     return session.finalize()
 
@@ -117,17 +118,20 @@ def rows_for(task: str, args, data_of) -> list[tuple[dict, callable]]:
         out.append(({"name": "dense", "epochs": dense_epochs, "lr": lr},
                     lambda: _metrics(dense(), data_of(T))))
     if "activity" in groups and "activity" in only:
-        for w in [0.0, *args.weights]:
-            def run(w=w):
-                torch.manual_seed(0)
-                model = copy.deepcopy(dense()).train()
-                return _metrics(_train(model, data_of(T), args.epochs, 1e-3,
-                                       [METHODS["activity"](weight=w)]), data_of(T))
-            out.append(({"name": "activity", "weight": w, "epochs": args.epochs, "lr": 1e-3}, run))
+        for seed in args.seeds:
+            for w in [0.0, *args.weights]:
+                def run(w=w, seed=seed):
+                    torch.manual_seed(seed)
+                    model = copy.deepcopy(dense()).train()
+                    method = METHODS["activity"](weight=w, weighting=args.weighting)
+                    return _metrics(_train(model, data_of(T), args.epochs, 1e-3, [method], seed),
+                                    data_of(T))
+                out.append(({"name": "activity", "weight": w, "weighting": args.weighting,
+                             "seed": seed, "epochs": args.epochs, "lr": 1e-3}, run))
     if "autosnn" in groups and "autosnn" in only:
         def run_autosnn():
             torch.manual_seed(0)
-            method = METHODS["autosnn"](init="scratch")
+            method = METHODS["autosnn"](init="scratch", fitness_lambda=args.fitness_lambda)
             pick = _train(build(**spec), data_of(T), args.search_epochs, lr, [method])
             torch.manual_seed(0)
             row = _metrics(_train(pick.train(), data_of(T), dense_epochs, lr), data_of(T))
@@ -136,6 +140,7 @@ def rows_for(task: str, args, data_of) -> list[tuple[dict, callable]]:
             row["search"] = {k: res.get(k) for k in ("accuracy", "spikes_per_sample", "evaluated")}
             return row
         out.append(({"name": "autosnn", "search_epochs": args.search_epochs,
+                     "fitness_lambda": args.fitness_lambda,
                      "epochs": dense_epochs, "lr": lr}, run_autosnn))
     if "coding" in groups and "coding" in only:
         out.append(({"name": "ann", "epochs": dense_epochs, "lr": lr},
@@ -154,9 +159,14 @@ def label(cfg: dict) -> str:
     if name == "dense":
         return f"dense (T = {T})"
     if name == "activity":
-        return f"activity λ = {cfg['weight']:g}" + (" (control)" if cfg["weight"] == 0 else "")
+        extra = "".join(f", {k} {cfg[k]}" for k, plain in (("weighting", "uniform"), ("seed", 0))
+                        if cfg.get(k, plain) != plain and cfg["weight"] != 0)
+        return (f"activity λ = {cfg['weight']:g}{extra}"
+                + (f" (control{', seed ' + str(cfg['seed']) if cfg.get('seed') else ''})"
+                   if cfg["weight"] == 0 else ""))
     if name == "autosnn":
-        return "autosnn pick"
+        lam = cfg.get("fitness_lambda", -0.08)
+        return "autosnn pick" + (f" (λ_fit {lam:g})" if lam != -0.08 else "")
     if name == "ann":
         return "ANN twin (ReLU, T = 1)"
     return f"{cfg['label']} (T = {cfg['T']})"
@@ -230,6 +240,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6, help="activity fine-tune epochs")
     ap.add_argument("--search-epochs", type=int, default=30, help="autosnn supernet epochs")
     ap.add_argument("--weights", default="0.5,2,8", help="activity λ values (λ = 0 is added)")
+    ap.add_argument("--weighting", default="uniform", help="activity's layer weighting")
+    ap.add_argument("--seeds", default="0", help="activity fine-tune seeds, comma-separated")
+    ap.add_argument("--fitness-lambda", type=float, default=-0.08, help="autosnn's λ_fit")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="comma-separated groups: dense, activity, "
@@ -245,6 +258,7 @@ def main() -> None:
         plot(Path(args.plot[0]), [Path(p) for p in args.plot[1:]])
         return
     args.weights = [float(w) for w in args.weights.split(",")]
+    args.seeds = [int(x) for x in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
     loaded: dict = {}
 
@@ -263,7 +277,7 @@ def main() -> None:
         except (ValueError, RuntimeError) as e:
             row = {"config": cfg, "error": str(e)}
         row["seconds"] = round(time.perf_counter() - start, 1)
-        row["command"] = f"--task {args.task} --threads {args.threads} seed 0"
+        row["command"] = " ".join(sys.argv[1:])
         print(json.dumps(row), flush=True)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")

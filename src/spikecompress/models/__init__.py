@@ -32,6 +32,7 @@ from spikecompress.models.common import Network
 from spikecompress.models.conv1d_net import conv1d_net
 from spikecompress.models.conv_net import conv_net
 from spikecompress.models.exit_policy import install_exit_policy_
+from spikecompress.models.layer_graph import LayerGraph, layers
 from spikecompress.models.mlp import mlp
 from spikecompress.models.resnet import resnet, sew_resnet
 from spikecompress.models.time_stages import install_time_stages_
@@ -47,6 +48,7 @@ MODELS = {
     "resnet": resnet,
     "sew_resnet": sew_resnet,
     "autosnn_net": autosnn_net,
+    "layers": layers,
 }
 
 # Structure a compression method installs on a built model (an early-exit policy, time stages),
@@ -93,7 +95,7 @@ def from_spec(spec: dict) -> nn.Module:
 
 
 __all__ = [
-    "EXTRAS", "MODELS", "VGG_WIDTHS", "Network", "autosnn_net", "build", "conv1d_net", "conv_net",
-    "from_spec",
+    "EXTRAS", "MODELS", "VGG_WIDTHS", "LayerGraph", "Network", "autosnn_net", "build", "conv1d_net", "conv_net",
+    "from_spec", "layers",
     "mlp", "resnet", "sew_resnet", "vgg",
 ]

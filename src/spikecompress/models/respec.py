@@ -42,7 +42,11 @@ def _resnet(model: nn.Module) -> dict:
     }
 
 
-_WIDTHS = {"mlp": _mlp, "conv_net": _convs, "conv1d_net": _convs, "vgg": _vgg,
+def _layers(model: nn.Module) -> dict:
+    return model.describe()
+
+
+_WIDTHS = {"layers": _layers, "mlp": _mlp, "conv_net": _convs, "conv1d_net": _convs, "vgg": _vgg,
            "resnet": _resnet, "sew_resnet": _resnet}
 
 

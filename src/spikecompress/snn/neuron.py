@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from spikecompress.snn import dynamics
+from spikecompress.snn import dynamics, semantics
 from spikecompress.snn.dynamics import Reset
 from spikecompress.snn.layers import check_x_seq
 from spikecompress.snn.quantized import LAYER_BUFFERS, NEURON_BUFFERS, run_quantized
@@ -60,8 +60,16 @@ def _run(module: nn.Module, x_seq: torch.Tensor, k, a) -> torch.Tensor:
     check_x_seq(x_seq, "[T, B, ...]", min_dim=2)
     x0 = x_seq[0]
     k = k if module.leak is None else module.leak
+    foreign = module.semantics != "native"
     if getattr(module, "membrane_bits", None) is not None:  # integer membrane: snn.quantized
+        if foreign:
+            raise ValueError(f"{type(module).__name__} with semantics {module.semantics!r}: an "
+                             f"integer membrane runs only our own update (semantics 'native')")
         return _masked(module, run_quantized(module, x_seq, k, a, module.v_threshold), x0)
+    if foreign:  # another framework's update, step by step (snn.semantics)
+        s_seq, module.v = semantics.run(module, x_seq)
+        module.v = module.v.detach()
+        return _masked(module, s_seq, x0)
     v_th = _per_channel(module.v_threshold, x0)
     k, a = _per_channel(k, x0), _per_channel(a, x0)
     v0 = module.v
@@ -116,6 +124,9 @@ def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
     if getattr(module, "membrane_bits", None) is not None:
         raise ValueError(f"{type(module).__name__}: single_step does not run an integer membrane; "
                          f"call the neuron on x_seq [T, B, ...] (or use sc.to_integer)")
+    if module.semantics != "native":
+        s, module.v = semantics.single(module, x)
+        return _masked(module, s, x)
     v_th = _per_channel(module.v_threshold, x)
     k = k if module.leak is None else module.leak
     k, a = _per_channel(k, x), _per_channel(a, x)
@@ -126,11 +137,13 @@ def _single(module: nn.Module, x: torch.Tensor, k, a) -> torch.Tensor:
     return _masked(module, s, x)
 
 
-def _common_init(module, v_threshold, v_reset, surrogate, detach_reset, record_v) -> None:
+def _common_init(module, v_threshold, v_reset, surrogate, detach_reset, record_v,
+                 semantics_) -> None:
     module.register_buffer("v_threshold", _as_tensor(v_threshold, "v_threshold"))
     module.reset = Reset(
         v_reset=None if v_reset is None else float(v_reset), detach=bool(detach_reset)
     )
+    module.semantics = semantics.check_semantics(module, semantics_)
     module.surrogate = surrogate if surrogate is not None else ATan()
     module.record_v = record_v
     module.register_buffer("spike_mask", None)
@@ -158,6 +171,7 @@ class LIF(nn.Module):
         surrogate: Surrogate | None = None,
         detach_reset: bool = False,
         record_v: bool = False,
+        semantics: str = "native",
     ) -> None:
         super().__init__()
         tau_t = _as_tensor(tau, "tau")
@@ -165,7 +179,8 @@ class LIF(nn.Module):
             raise ValueError(f"tau must be > 1 (a decay 1 − 1/τ in (0, 1)), got {tau}")
         self.register_buffer("tau", tau_t)
         self.decay_input = decay_input
-        _common_init(self, v_threshold, v_reset, surrogate, detach_reset, record_v)
+        _common_init(self, v_threshold, v_reset, surrogate, detach_reset, record_v,
+                     semantics)
 
     def _decay_gain(self):
         k = 1 - 1 / self.tau
@@ -192,9 +207,11 @@ class IF(nn.Module):
         surrogate: Surrogate | None = None,
         detach_reset: bool = False,
         record_v: bool = False,
+        semantics: str = "native",
     ) -> None:
         super().__init__()
-        _common_init(self, v_threshold, v_reset, surrogate, detach_reset, record_v)
+        _common_init(self, v_threshold, v_reset, surrogate, detach_reset, record_v,
+                     semantics)
 
     def _decay_gain(self):
         one = torch.ones((), device=self.v_threshold.device)
@@ -228,6 +245,7 @@ class PLIF(nn.Module):
         detach_reset: bool = False,
         channels: int | None = None,
         record_v: bool = False,
+        semantics: str = "native",
     ) -> None:
         super().__init__()
         if init_tau <= 1:
@@ -235,7 +253,8 @@ class PLIF(nn.Module):
         w = torch.full((channels,) if channels else (), -math.log(init_tau - 1))
         self.w = nn.Parameter(w)
         self.decay_input = decay_input
-        _common_init(self, v_threshold, v_reset, surrogate, detach_reset, record_v)
+        _common_init(self, v_threshold, v_reset, surrogate, detach_reset, record_v,
+                     semantics)
 
     @property
     def tau(self) -> torch.Tensor:
@@ -268,4 +287,5 @@ def _repr(m: nn.Module, head: str) -> str:
     return (
         f"{head}v_threshold={_fmt(m.v_threshold)}, v_reset={m.reset.v_reset}, "
         f"surrogate={m.surrogate}, detach_reset={m.reset.detach}"
+        + ("" if m.semantics == "native" else f", semantics={m.semantics!r}")
     )

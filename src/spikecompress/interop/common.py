@@ -1,0 +1,86 @@
+"""What every converter shares: torch layers → ours with their weights, and refusals by name.
+
+A foreign framework's synaptic and shape layers are torch modules (SpikingJelly's ``layer.*``
+subclass them); ``map_layer`` gives our time-folded twin of one (``snn.layers``) with the same
+parameters and buffers, so the converted model computes the same floats in the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spikecompress.snn import layers as seq
+
+# torch class -> (our class, constructor arguments read from the module)
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+
+
+def _conv_args(m):
+    if m.padding_mode != "zeros":
+        raise ValueError(f"padding_mode {m.padding_mode!r} (only 'zeros' is supported)")
+    return {k: getattr(m, k) for k in _CONV} | {"bias": m.bias is not None}
+
+
+def _bn_args(m):
+    return {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
+            "affine": m.affine, "track_running_stats": m.track_running_stats}
+
+
+def _pool_args(m, avg: bool):
+    out = {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
+           "ceil_mode": m.ceil_mode}
+    if avg:
+        if m.divisor_override is not None:
+            raise ValueError("divisor_override is not supported")
+        out["count_include_pad"] = m.count_include_pad
+    elif m.dilation not in (1, (1, 1)) or m.return_indices:
+        raise ValueError("max pooling with dilation or return_indices is not supported")
+    return out
+
+
+LAYERS: list[tuple[type, type, object]] = [  # checked in order: subclasses before bases
+    (nn.Conv1d, seq.Conv1d, _conv_args),
+    (nn.Conv2d, seq.Conv2d, _conv_args),
+    (nn.Linear, seq.Linear, lambda m: {"in_features": m.in_features,
+                                       "out_features": m.out_features,
+                                       "bias": m.bias is not None}),
+    (nn.BatchNorm1d, seq.BatchNorm1d, _bn_args),
+    (nn.BatchNorm2d, seq.BatchNorm2d, _bn_args),
+    (nn.MaxPool1d, seq.MaxPool1d, lambda m: _pool_args(m, False)),
+    (nn.MaxPool2d, seq.MaxPool2d, lambda m: _pool_args(m, False)),
+    (nn.AvgPool1d, seq.AvgPool1d, lambda m: _pool_args(m, True)),
+    (nn.AvgPool2d, seq.AvgPool2d, lambda m: _pool_args(m, True)),
+    (nn.AdaptiveAvgPool2d, seq.AdaptiveAvgPool2d, lambda m: {"output_size": m.output_size}),
+    (nn.Dropout, seq.Dropout, lambda m: {"p": m.p}),
+]
+
+
+def map_layer(module: nn.Module, name: str, framework: str) -> nn.Module | None:
+    """Our twin of a torch layer with its parameters and buffers copied; None for a module that
+    is not a plain torch layer; a one-line ValueError for a layer configured as we cannot run."""
+    for torch_cls, ours, args in LAYERS:
+        if isinstance(module, torch_cls):
+            try:
+                twin = ours(**args(module))
+            except ValueError as e:
+                raise ValueError(f"{framework}: layer {name!r} ({type(module).__name__}): "
+                                 f"{e}") from None
+            with torch.no_grad():
+                twin.load_state_dict(module.state_dict(), strict=True)
+            return twin.to(next(iter(module.state_dict().values()), torch.zeros(())).device)
+    if isinstance(module, nn.Flatten):
+        return seq.Flatten()
+    return None
+
+
+def refuse(framework: str, name: str, module: nn.Module, why: str = "") -> ValueError:
+    """The one-line error for a module a converter does not know."""
+    cls = f"{type(module).__module__}.{type(module).__qualname__}"
+    return ValueError(f"{framework}: module {name!r} ({cls}) has no spikecompress counterpart"
+                      + (f": {why}" if why else ""))
+
+
+def qualified(name: str) -> str:
+    """A node name from a module path: ``layer1.0.conv1`` → ``layer1_0_conv1``."""
+    return name.replace(".", "_") or "root"
