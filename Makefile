@@ -11,12 +11,14 @@ export THREADS  # the tests pin torch to it (tests/conftest.py)
 	$(PY) -m pip install -q -e '.[dev,plots]'
 	touch .venv/ready
 
-# Reference implementations the counter is cross-checked against (tests/measure/test_oracles.py).
+# Reference implementations the counter is cross-checked against (tests/measure/test_oracles.py)
+# and the frameworks the converters and NIR round trips are checked against (tests/interop/).
 # --no-deps: their declared dependencies would pull ~30 heavy packages (tonic, torchaudio, ...);
 # torch stays pinned in the second line so pip never swaps it.
 .venv/oracles: .venv/ready
-	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 neurobench==2.3.0 snntorch==1.0.0
-	$(PY) -m pip install -q torch==2.13.0 'loguru>=0.7,<1' tqdm
+	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 neurobench==2.3.0 snntorch==1.0.0 \
+		norse==1.1.0 nir==1.0.8 nirtorch==2.6
+	$(PY) -m pip install -q torch==2.13.0 'loguru>=0.7,<1' tqdm h5py
 	touch .venv/oracles
 
 .PHONY: demo test test-all lint bench

@@ -7,23 +7,17 @@ data (it divides by ``data[0].size(0)``) and sums in the layer's dtype: it gets 
 small enough that every sum stays exact, with weights zeroed in place (no prune hooks).
 """
 
-import importlib
-import os
-
 import pytest
 import torch
 from torch import nn
 
+from _oracles import oracle
 from spikecompress.measurement.counters import count
 from spikecompress.models import build
 from spikecompress.snn import LIF, reset_state
 
 
-def _oracle(module: str):
-    """Import an oracle package; under `make test` (SPIKECOMPRESS_REQUIRE_ORACLES=1) never skip."""
-    if os.environ.get("SPIKECOMPRESS_REQUIRE_ORACLES") == "1":
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
+_oracle = oracle
 
 
 def _model(name: str, pruned: bool) -> nn.Module:
