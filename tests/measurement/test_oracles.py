@@ -16,7 +16,6 @@ from spikecompress.measurement.counters import count
 from spikecompress.models import build
 from spikecompress.snn import LIF, reset_state
 
-
 _oracle = oracle
 
 
