@@ -95,7 +95,6 @@ def from_spec(spec: dict) -> nn.Module:
 
 
 __all__ = [
-    "EXTRAS", "MODELS", "VGG_WIDTHS", "LayerGraph", "Network", "autosnn_net", "build", "conv1d_net", "conv_net",
-    "from_spec", "layers",
-    "mlp", "resnet", "sew_resnet", "vgg",
+    "EXTRAS", "MODELS", "VGG_WIDTHS", "LayerGraph", "Network", "autosnn_net", "build",
+    "conv1d_net", "conv_net", "from_spec", "layers", "mlp", "resnet", "sew_resnet", "vgg",
 ]
