@@ -120,14 +120,21 @@ def rows_for(task: str, args, data_of) -> list[tuple[dict, callable]]:
     if "activity" in groups and "activity" in only:
         for seed in args.seeds:
             for w in [0.0, *args.weights]:
-                def run(w=w, seed=seed):
+                epochs, rate = (dense_epochs, lr) if args.from_scratch else (args.epochs, 1e-3)
+
+                def run(w=w, seed=seed, epochs=epochs, rate=rate):
                     torch.manual_seed(seed)
-                    model = copy.deepcopy(dense()).train()
+                    model = build(**spec) if args.from_scratch else copy.deepcopy(dense()).train()
                     method = METHODS["activity"](weight=w, weighting=args.weighting)
-                    return _metrics(_train(model, data_of(T), args.epochs, 1e-3, [method], seed),
-                                    data_of(T))
+                    data = data_of(T)
+                    data.train.seed = seed  # the shuffling order (the split stays seed 0's)
+                    try:
+                        return _metrics(_train(model, data, epochs, rate, [method], seed), data)
+                    finally:
+                        data.train.seed = 0
                 out.append(({"name": "activity", "weight": w, "weighting": args.weighting,
-                             "seed": seed, "epochs": args.epochs, "lr": 1e-3}, run))
+                             "seed": seed, "epochs": epochs, "lr": rate,
+                             "from_scratch": args.from_scratch}, run))
     if "autosnn" in groups and "autosnn" in only:
         def run_autosnn():
             torch.manual_seed(0)
@@ -161,6 +168,7 @@ def label(cfg: dict) -> str:
     if name == "activity":
         extra = "".join(f", {k} {cfg[k]}" for k, plain in (("weighting", "uniform"), ("seed", 0))
                         if cfg.get(k, plain) != plain and cfg["weight"] != 0)
+        extra += ", from scratch" if cfg.get("from_scratch") else ""
         return (f"activity λ = {cfg['weight']:g}{extra}"
                 + (f" (control{', seed ' + str(cfg['seed']) if cfg.get('seed') else ''})"
                    if cfg["weight"] == 0 else ""))
@@ -241,6 +249,9 @@ def main() -> None:
     ap.add_argument("--search-epochs", type=int, default=30, help="autosnn supernet epochs")
     ap.add_argument("--weights", default="0.5,2,8", help="activity λ values (λ = 0 is added)")
     ap.add_argument("--weighting", default="uniform", help="activity's layer weighting")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="activity: train a new model with the penalty (dense epochs and lr) "
+                    "instead of fine-tuning the dense one")
     ap.add_argument("--seeds", default="0", help="activity fine-tune seeds, comma-separated")
     ap.add_argument("--fitness-lambda", type=float, default=-0.08, help="autosnn's λ_fit")
     ap.add_argument("--threads", type=int, default=1)

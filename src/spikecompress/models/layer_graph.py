@@ -179,8 +179,12 @@ class LayerGraph(nn.Module):
         if x_seq.dim() < 3 or tuple(x_seq.shape[2:]) != self.in_shape:
             raise ValueError(f"layers expects x_seq of shape [T, B, "
                              f"{', '.join(map(str, self.in_shape))}], got {list(x_seq.shape)}")
-        outs = {INPUT: x_seq}
-        out = x_seq
+        return self.run_nodes(x_seq)
+
+    def run_nodes(self, x: torch.Tensor) -> torch.Tensor:
+        """The nodes on ``x`` without the shape check (channel grouping traces one step [B, ...])."""
+        outs = {INPUT: x}
+        out = x
         for name, module in self.nodes.items():
             out = module(*(outs[r] for r in self.inputs[name]))
             outs[name] = out

@@ -212,6 +212,8 @@ def dependency_graph(model: nn.Module, example: torch.Tensor | None = None):
     x = example_input(model, example)
     plain_net = example is None and hasattr(model, "features") and hasattr(model, "classifier")
     forward = (lambda m, inp: m.classifier(m.features(inp))) if plain_net else None
+    if example is None and hasattr(model, "run_nodes"):  # a LayerGraph, on one step [B, ...]
+        forward = lambda m, inp: m.run_nodes(inp)  # noqa: E731
     pruners = {NeuronStandIn: _neuron_pruner()}
     bntt = _bntt_pruner()
     # by exact class, as Torch-Pruning looks pruners up (a parametrized BNTT is a subclass)
