@@ -182,7 +182,7 @@ class LayerGraph(nn.Module):
         return self.run_nodes(x_seq)
 
     def run_nodes(self, x: torch.Tensor) -> torch.Tensor:
-        """The nodes on ``x`` without the shape check (channel grouping traces one step [B, ...])."""
+        """The nodes on ``x``, unchecked (channel grouping traces one step [B, ...])."""
         outs = {INPUT: x}
         out = x
         for name, module in self.nodes.items():
