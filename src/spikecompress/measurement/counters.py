@@ -41,6 +41,7 @@ from torch import nn
 
 from spikecompress.measurement.reach import CONVS, SYNAPTIC, alive_outputs, padded, reach_map
 from spikecompress.measurement.spikes import is_neuron
+from spikecompress.snn.foreign import refuse_foreign
 from spikecompress.snn.layers import check_x_seq, reset_state
 
 _KIND_ORDER = {"binary": 0, "ternary": 1, "real": 2}
@@ -350,6 +351,7 @@ def count(
     """
     check_x_seq(x_seq, "[T, B, ...]", min_dim=2)
     time_steps, samples = int(x_seq.shape[0]), int(x_seq.shape[1])
+    refuse_foreign(model, "count")
     modules = list(model.named_modules())
     modes = [(m, m.training) for _, m in modules]
     ctx = _Context(time_steps, count_zero_weights, static_input_once,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from spikecompress.snn.foreign import refuse_foreign
 from spikecompress.snn.neuron import NEURONS
 from spikecompress.snn.tsc import TSCNeuron
 from spikecompress.snn.ttfs import TTFSNeuron
@@ -44,6 +45,7 @@ class SpikeMonitor:
     layers: dict[str, LayerSpikes] = field(default_factory=dict)
 
     def __enter__(self) -> SpikeMonitor:
+        refuse_foreign(self.model, "SpikeMonitor")
         self._handles = []
         for name, m in self.model.named_modules():
             if is_neuron(m):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from spikecompress.snn.foreign import refuse_foreign
 from spikecompress.snn.quantized import conv_forward, linear_forward
 
 
@@ -173,9 +174,11 @@ class SeqWrap(nn.Module):
 def reset_state(model: nn.Module) -> nn.Module:
     """Clear the membrane state of every module with state (attribute ``v``); returns the model.
 
-    Works on our neurons and on any module that follows the same convention or has a ``reset()``
-    method without arguments (SpikingJelly's ``MemoryModule``).
+    Works on our neurons and on any module that follows the same convention, and on
+    SpikingJelly's neurons (their ``reset()``); another framework's stateful module is refused by
+    name (``snn.foreign``): its state would silently survive.
     """
+    refuse_foreign(model, "reset_state", allow=("spikingjelly",))
     for m in model.modules():
         if hasattr(m, "v") and hasattr(m, "record_v"):
             m.v = None
