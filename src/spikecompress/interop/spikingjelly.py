@@ -1,0 +1,602 @@
+"""SpikingJelly 2.0 models in, exactly: ``from_spikingjelly(model, example)`` → a ``LayerGraph``.
+
+    from spikecompress.interop.spikingjelly import from_spikingjelly
+    ours = from_spikingjelly(sj_net, x_seq)                     # multi-step: x_seq [T, B, ...]
+    ours = from_spikingjelly(sj_net, x, state_dict="net.pth")   # single-step: x [B, ...]
+
+The model is traced with ``torch.fx`` (SpikingJelly's neurons and layers are leaves;
+``nn.Sequential`` and the user's own blocks are traced through; SpikingJelly's
+``SeqToANNContainer``, ``MultiStepContainer`` and ``StepModeContainer`` are expanded child by
+child), and every node is mapped one to one:
+
+* neurons ``neuron.LIFNode`` → ``LIF``, ``neuron.IFNode`` → ``IF``, ``neuron.ParametricLIFNode`` →
+  ``PLIF`` (its ``w`` copied), with ``semantics="spikingjelly"``: SpikingJelly's float update,
+  operation for operation (``decay_input``, ``v_reset`` hard / None soft / non-zero,
+  ``detach_reset``); every other neuron class (subclasses and ``Simple*Node`` included) is refused;
+* surrogates: only the backward depends on them (the forward is a Heaviside step either way), but
+  fine-tuning a converted model must see the gradient it was trained with, so only exact
+  counterparts convert: ``ATan(α)`` → ``ATan(α)``, ``Sigmoid(α)`` → ``Sigmoid(α)`` (both the same
+  formula as ours), ``PiecewiseQuadratic(α)`` → ``Triangle(α)`` (``α − α²|x|`` on ``|x| ≤ 1/α``),
+  ``Rect(α)`` → ``Rectangular(width=1/α)`` (``α`` on ``|x| < 0.5/α``); any other surrogate, or one
+  with ``spiking=False`` (whose forward is not a spike), is refused naming the neuron;
+* layers (SpikingJelly's ``layer.*`` or torch's, by exact class): Conv1d/2d, Linear,
+  BatchNorm1d/2d, Max/AvgPool1d/2d, AdaptiveAvgPool2d, Dropout, Flatten and ``nn.Identity``
+  → our time-folded twins with their weights and buffers copied (``interop.common.map_layer``);
+* ``+`` / ``torch.add`` of two tensors → an ``Add`` node (residual sums);
+  ``torch.flatten`` / ``Tensor.flatten`` of one sample's dimensions → ``Flatten``.
+
+Anything else (another SpikingJelly module, a functional op such as ``torch.relu`` or
+``x.mean(0)``, an attribute read, a module called twice, a forward fx cannot trace) is a one-line
+ValueError naming the module path and its class (and the op).
+
+Step modes: a multi-step ('m') model takes x_seq [T, B, ...] as ours do. A single-step ('s')
+model is called by its user once per time step (``functional.reset_net`` before each sample); the
+converted model runs all T steps of x_seq [T, B, ...] at once and equals
+``torch.stack([sj_model(x_seq[t]) for t in range(T)])`` (its layers run on all T·B samples at
+once: the same floats, as the check below confirms for the model at hand). ``step_mode=None``
+reads the mode from the model's neurons (a neuron inside a ``MultiStepContainer`` runs
+multi-step); a model mixing the two is refused.
+
+The conversion is checked before it is returned: both models run on ``example`` (for a
+single-step model, on ``example`` repeated over 4 time steps), in eval mode and from a reset
+state, and their outputs must be equal (``torch.equal``); otherwise a ValueError names the first
+layer whose outputs differ. The SpikingJelly model is left as it was (modes restored, state
+reset). Two semantic notes, both outside what the check sees: in training mode, BatchNorm in a
+single-step SpikingJelly model normalises each time step's batch on its own, ours all T·B samples
+together (as SpikingJelly's multi-step BatchNorm does); and a torch ``nn.Dropout`` draws a new mask
+every step in SpikingJelly, ours one mask per sample for all steps (SpikingJelly's own
+``layer.Dropout`` rule, which converts exactly).
+
+``state_dict`` (a path or a dict, or SpikingJelly's tutorial checkpoint ``{"net": state_dict,
+...}``) is loaded into the SpikingJelly model (strict, ``weights_only``) before the conversion.
+The result is a ``LayerGraph`` (spec name "layers") in the model's train / eval mode, on its
+device, with node names ``qualified(module path)`` (``layer1.0.conv1`` → ``layer1_0_conv1``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from spikecompress.interop.common import map_layer, qualified, refuse
+from spikecompress.models.layer_graph import INPUT, Add, LayerGraph
+from spikecompress.snn import layers as seq
+from spikecompress.snn.neuron import IF, LIF, PLIF
+from spikecompress.snn.surrogate import ATan, Rectangular, Sigmoid, Triangle
+
+FRAMEWORK = "spikingjelly"
+CHECK_STEPS = 4  # time steps a single-step model is checked over
+
+
+class _Refused(ValueError):
+    """A refusal raised inside tracing: passed through as it is."""
+
+
+def _sj():
+    try:
+        from spikingjelly.activation_based import base, functional, layer, neuron, surrogate
+    except ImportError as e:  # pragma: no cover - the oracle install has it
+        raise ImportError(f"from_spikingjelly needs SpikingJelly 2.0 (pip install "
+                          f"spikingjelly): {e}") from None
+    return base, functional, layer, neuron, surrogate
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+# ----------------------------------------------------------------------------- state dict
+
+
+def _load_state(model: nn.Module, state_dict) -> None:
+    """Load ``state_dict`` (a path, a dict, or a checkpoint {"net": dict}) into ``model``."""
+    where = "the state dict"
+    if isinstance(state_dict, str | os.PathLike):
+        where = f"state dict {os.fspath(state_dict)!r}"
+        try:
+            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{FRAMEWORK}: cannot load {where}: {_first_line(e)}") from None
+    if isinstance(state_dict, Mapping) and isinstance(state_dict.get("net"), Mapping):
+        state_dict = state_dict["net"]  # SpikingJelly's tutorial checkpoint
+    if not isinstance(state_dict, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise ValueError(f"{FRAMEWORK}: {where} is not a mapping of names to tensors")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{what} {keys[:5]}{' ...' if len(keys) > 5 else ''}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+                 if keys]
+        raise ValueError(f"{FRAMEWORK}: {where} does not fit {type(model).__name__}: "
+                         + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+# ----------------------------------------------------------------------------- step mode
+
+
+def _containers(sj) -> tuple[type, ...]:
+    layer = sj[2]
+    return layer.SeqToANNContainer, layer.MultiStepContainer, layer.StepModeContainer
+
+
+def _steps_inside(sj, container: nn.Module) -> bool:
+    """True when ``container`` runs its children once per time step (a stateful container)."""
+    layer = sj[2]
+    if isinstance(container, layer.MultiStepContainer):
+        return True
+    return isinstance(container, layer.StepModeContainer) and container.stateful and \
+        container.step_mode == "m"
+
+
+def _step_mode(sj, model: nn.Module, wanted: str | None) -> str:
+    """The model's step mode, read from its neurons (a one-line ValueError for a mix)."""
+    neuron = sj[3]
+    if wanted not in (None, "s", "m"):
+        raise ValueError(f"{FRAMEWORK}: step_mode must be 's', 'm' or None, got {wanted!r}")
+    modes: dict[str, str] = {}
+
+    def walk(module: nn.Module, path: str, stepped: bool) -> None:
+        for name, child in module.named_children():
+            full = f"{path}.{name}" if path else name
+            if type(child).__module__.startswith(neuron.__name__):
+                modes[full] = "m" if stepped else getattr(child, "step_mode", "s")
+            walk(child, full, stepped or _steps_inside(sj, child))
+    walk(model, "", False)
+    found = sorted(set(modes.values()))
+    if len(found) > 1:
+        by = {m: next(n for n, v in modes.items() if v == m) for m in found}
+        raise ValueError(f"{FRAMEWORK}: the model mixes single-step and multi-step neurons "
+                         f"({by['s']!r} has step_mode 's', {by['m']!r} 'm'); use "
+                         f"functional.set_step_mode(model, ...) first")
+    if found and wanted is not None and wanted != found[0]:
+        raise ValueError(f"{FRAMEWORK}: step_mode={wanted!r}, but the model's neurons have "
+                         f"step_mode {found[0]!r}")
+    if not found and wanted is None:
+        raise ValueError(f"{FRAMEWORK}: the model has no SpikingJelly neuron to read the step "
+                         f"mode from; pass step_mode='s' or 'm'")
+    return found[0] if found else wanted
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+class _Tracer(fx.Tracer):
+    """SpikingJelly's neurons, layers and stateful modules are leaves; a forward that cannot be
+    traced is refused naming its module."""
+
+    def __init__(self, sj) -> None:
+        super().__init__()
+        self.sj = sj
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        base, _, layer, neuron, _ = self.sj
+        kind = type(m).__module__
+        if kind.startswith((neuron.__name__, layer.__name__)) or isinstance(
+                m, base.MemoryModule | base.StepModule | base.MultiStepModule):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except _Refused:
+            raise
+        except Exception as e:
+            path = self.path_of_module(m)
+            raise _Refused(str(refuse(FRAMEWORK, path, m, f"torch.fx cannot trace its forward "
+                                                          f"({_first_line(e)})"))) from None
+
+
+def _trace(sj, model: nn.Module) -> fx.Graph:
+    try:
+        return _Tracer(sj).trace(model)
+    except _Refused as e:
+        raise ValueError(str(e)) from None
+    except Exception as e:
+        raise refuse(FRAMEWORK, "", model,
+                     f"torch.fx cannot trace its forward ({_first_line(e)})") from None
+
+
+def _op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "get_attr":
+        return f"the attribute {node.target!r}"
+    t = node.target
+    mod = getattr(t, "__module__", None) or "torch"
+    mod = {"_operator": "operator", "torch._C._VariableFunctions": "torch"}.get(mod, mod)
+    return f"{mod}.{getattr(t, '__name__', repr(t))}"
+
+
+# ----------------------------------------------------------------------------- mapping
+
+
+def _scalar_or_vector(value, what: str, name: str, module: nn.Module):
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 1:
+            raise refuse(FRAMEWORK, name, module, f"{what} of shape {tuple(value.shape)} (a "
+                                                  f"scalar or one value per channel converts)")
+        return value.detach().float().cpu().clone()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise refuse(FRAMEWORK, name, module, f"{what} {value!r} is not a number")
+    return float(value)
+
+
+def _surrogate(sj, name: str, module: nn.Module):
+    s_mod = sj[4]
+    s = module.surrogate_function
+    if not getattr(s, "spiking", True):
+        raise refuse(FRAMEWORK, name, module, f"its surrogate {type(s).__name__} has "
+                                              f"spiking=False (its forward is not a spike)")
+    alpha = getattr(s, "alpha", None)
+    makers = {s_mod.ATan: lambda a: ATan(alpha=a), s_mod.Sigmoid: lambda a: Sigmoid(alpha=a),
+              s_mod.PiecewiseQuadratic: lambda a: Triangle(alpha=a),
+              s_mod.Rect: lambda a: Rectangular(width=1.0 / a)}
+    make = makers.get(type(s))
+    if make is None or isinstance(alpha, bool) or not isinstance(alpha, int | float) \
+            or not math.isfinite(alpha) or alpha <= 0:
+        raise refuse(FRAMEWORK, name, module, f"surrogate {type(s).__name__}"
+                     f"({'' if alpha is None else f'alpha={alpha}'}) has no exact counterpart "
+                     f"(ATan, Sigmoid, PiecewiseQuadratic and Rect with alpha > 0 convert)")
+    return make(float(alpha))
+
+
+def _neuron(sj, name: str, m: nn.Module) -> nn.Module | None:
+    """Our neuron for a SpikingJelly LIF / IF / PLIF node (None for another class)."""
+    neuron = sj[3]
+    kind = {neuron.LIFNode: LIF, neuron.IFNode: IF, neuron.ParametricLIFNode: PLIF}.get(type(m))
+    if kind is None:
+        return None
+    if getattr(m, "_neuron_precision", None) is not None:
+        raise refuse(FRAMEWORK, name, m, "a reduced neuron precision (set_neuron_precision) "
+                                         "does not run float32's update")
+    v_reset = m.v_reset
+    if v_reset is not None:
+        v_reset = _scalar_or_vector(v_reset, "v_reset", name, m)
+        if isinstance(v_reset, torch.Tensor):
+            if v_reset.dim():
+                raise refuse(FRAMEWORK, name, m, "a per-channel v_reset does not convert")
+            v_reset = float(v_reset)
+    common = {"v_threshold": _scalar_or_vector(m.v_threshold, "v_threshold", name, m),
+              "v_reset": v_reset, "detach_reset": bool(m.detach_reset),
+              "surrogate": _surrogate(sj, name, m), "semantics": FRAMEWORK}
+    if kind is LIF:
+        return LIF(tau=_scalar_or_vector(m.tau, "tau", name, m),
+                   decay_input=bool(m.decay_input), **common)
+    if kind is IF:
+        return IF(**common)
+    w = m.w.detach()
+    if w.dim() > 1:
+        raise refuse(FRAMEWORK, name, m, f"w of shape {tuple(w.shape)} (a scalar or one value "
+                                         f"per channel converts)")
+    ours = PLIF(decay_input=bool(m.decay_input), channels=w.numel() if w.dim() else None,
+                **common)
+    with torch.no_grad():
+        ours.w.copy_(w)
+    ours.w.requires_grad_(m.w.requires_grad)
+    return ours
+
+
+def _layer_types(sj) -> tuple[set[type], set[type]]:
+    """(layers that convert, of them the ones that are exact on x_seq [T, B, ...] unfolded)."""
+    layer = sj[2]
+    names = ("Conv1d", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "MaxPool1d",
+             "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout")
+    known = {getattr(nn, n) for n in names} | {getattr(layer, n) for n in names} | {nn.Identity}
+    unfolded = {nn.Linear, layer.Linear, nn.Dropout, layer.Dropout, nn.Flatten, layer.Flatten,
+                nn.Identity}
+    return known, unfolded
+
+
+def _flatten_ok(start, end, folded: bool) -> bool:
+    """Whether flatten(start, end) flattens exactly one sample's dimensions."""
+    return start == (1 if folded else 2) and end == -1
+
+
+class _Converter:
+    """Maps the traced graph to LayerGraph nodes (name, module, inputs)."""
+
+    def __init__(self, sj, model: nn.Module, mode: str) -> None:
+        self.sj, self.model, self.mode = sj, model, mode
+        self.nodes: list[tuple[str, nn.Module, list[str]]] = []
+        self.sources: dict[str, nn.Module] = {}  # our node name -> the SpikingJelly module
+        self.used: dict[int, str] = {}  # id(module) -> its path, for "called twice"
+        self.names: set[str] = {INPUT}
+        self.known, self.unfolded = _layer_types(sj)
+
+    def name(self, wanted: str) -> str:
+        out, i = wanted, 1
+        while out in self.names:
+            out, i = f"{wanted}_{i}", i + 1
+        self.names.add(out)
+        return out
+
+    def emit(self, wanted: str, module: nn.Module, inputs: list[str],
+             source: nn.Module | None = None) -> str:
+        name = self.name(wanted)
+        self.nodes.append((name, module, inputs))
+        if source is not None:
+            self.sources[name] = source
+        return name
+
+    def claim(self, path: str, m: nn.Module) -> None:
+        if id(m) in self.used:
+            raise refuse(FRAMEWORK, path, m, f"it is called twice (also as "
+                                             f"{self.used[id(m)]!r}); give each call its own "
+                                             f"module")
+        self.used[id(m)] = path
+
+    # ---- modules
+
+    def module(self, path: str, m: nn.Module, src: str, folded: bool, stepped: bool) -> str:
+        """Map one module called on ``src``; returns the name of its output."""
+        base, _, layer, _, _ = self.sj
+        self.claim(path, m)
+        if isinstance(m, _containers(self.sj)):
+            return self.container(path, m, src, folded)
+        if type(m) is nn.Sequential:
+            for child_name, child in m.named_children():
+                src = self.module(f"{path}.{child_name}", child, src, folded, stepped)
+            return src
+        ours = _neuron(self.sj, path, m)
+        if ours is not None:
+            mode = "m" if stepped else getattr(m, "step_mode", "s")
+            if folded and not stepped and self.mode == "m":
+                raise refuse(FRAMEWORK, path, m, "a neuron inside a SeqToANNContainer sees "
+                                                 "time folded into the batch")
+            if mode != self.mode and not stepped:  # pragma: no cover - _step_mode refuses
+                raise refuse(FRAMEWORK, path, m, f"step_mode {mode!r} in a {self.mode!r} model")
+            return self.emit(qualified(path), ours, [src], m)
+        if type(m) not in self.known:
+            why = "a stateful module" if isinstance(m, base.MemoryModule) else ""
+            raise refuse(FRAMEWORK, path, m, why)
+        step = getattr(m, "step_mode", None)
+        if step == "m" and self.mode == "s":
+            raise refuse(FRAMEWORK, path, m, "step_mode 'm' in a single-step model")
+        if step == "m" and folded:
+            raise refuse(FRAMEWORK, path, m, "step_mode 'm' inside a container")
+        sees_folded = folded or self.mode == "s" or step == "m"
+        if not sees_folded and type(m) not in self.unfolded:
+            raise refuse(FRAMEWORK, path, m, "a layer called on x_seq [T, B, ...] directly (set "
+                                             "its step_mode to 'm' or wrap it in a "
+                                             "SeqToANNContainer)")
+        if isinstance(m, nn.Identity):
+            return src
+        if isinstance(m, nn.Flatten):
+            if not _flatten_ok(m.start_dim, m.end_dim, sees_folded):
+                lead = 1 if sees_folded else 2
+                raise refuse(FRAMEWORK, path, m, f"Flatten(start_dim={m.start_dim}, end_dim="
+                                                 f"{m.end_dim}) does not flatten one sample "
+                                                 f"(start_dim={lead}, end_dim=-1 does here)")
+            return self.emit(qualified(path), seq.Flatten(), [src], m)
+        if isinstance(m, layer.Dropout):
+            if type(m) is not layer.Dropout:  # pragma: no cover - Dropout2d is not known
+                raise refuse(FRAMEWORK, path, m)
+            return self.emit(qualified(path), seq.Dropout(m.p), [src], m)
+        twin = map_layer(m, path, FRAMEWORK)
+        if twin is None:  # pragma: no cover - every known layer maps
+            raise refuse(FRAMEWORK, path, m)
+        return self.emit(qualified(path), twin, [src], m)
+
+    def container(self, path: str, m: nn.Module, src: str, folded: bool) -> str:
+        layer = self.sj[2]
+        if self.mode == "s":
+            if not (isinstance(m, layer.StepModeContainer) and m.step_mode == "s"):
+                raise refuse(FRAMEWORK, path, m, "a multi-step container in a single-step model")
+            stepped, inner = False, True
+        elif isinstance(m, layer.StepModeContainer) and m.step_mode == "s":
+            stepped, inner = False, folded
+        else:
+            if folded:
+                raise refuse(FRAMEWORK, path, m, "a multi-step container inside a container")
+            stepped, inner = _steps_inside(self.sj, m), True
+        for child_name, child in m.named_children():
+            src = self.module(f"{path}.{child_name}", child, src, inner, stepped)
+        return src
+
+    # ---- the graph
+
+    def owner(self, node: fx.Node) -> tuple[str, nn.Module]:
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return "", self.model
+        path = next(reversed(stack.values()))[0]
+        return path, self.model.get_submodule(path)
+
+    def refuse_op(self, node: fx.Node, why: str = "") -> ValueError:
+        path, m = self.owner(node)
+        return refuse(FRAMEWORK, path, m, f"its forward calls {_op_name(node)}"
+                      + (f" {why}" if why else "") + " (modules, + and flatten convert)")
+
+    def run(self, graph: fx.Graph) -> str:
+        values: dict[fx.Node, str] = {}
+        last = None
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                if values:
+                    raise refuse(FRAMEWORK, "", self.model, "its forward takes more than one "
+                                                            "input")
+                values[node] = INPUT
+                continue
+            if node.op == "output":
+                out = node.args[0]
+                if not isinstance(out, fx.Node) or out not in values:
+                    raise refuse(FRAMEWORK, "", self.model, "its forward does not return one "
+                                                            "tensor")
+                if values[out] == INPUT or values[out] != last:
+                    raise refuse(FRAMEWORK, "", self.model, "its forward does not return the "
+                                                            "last layer it computes")
+                return values[out]
+            args = [a for a in node.args if isinstance(a, fx.Node)]
+            if node.op == "call_module":
+                m = self.model.get_submodule(node.target)
+                if len(node.args) != 1 or node.kwargs or not args:
+                    raise refuse(FRAMEWORK, node.target, m, "it is called with more than one "
+                                                            "input")
+                values[node] = self.module(node.target, m, values[args[0]],
+                                           folded=self.mode == "s", stepped=False)
+            elif self.is_add(node):
+                path, _ = self.owner(node)
+                ins = [values[a] for a in node.args]
+                values[node] = self.emit(qualified(f"{path}.add" if path else "add"), Add(), ins)
+            elif self.is_flatten(node):
+                if not self.flatten_args_ok(node):
+                    raise self.refuse_op(node, "over other than one sample's dimensions")
+                path, _ = self.owner(node)
+                values[node] = self.emit(qualified(f"{path}.flatten" if path else "flatten"),
+                                         seq.Flatten(), [values[node.args[0]]])
+            else:
+                raise self.refuse_op(node)
+            last = values[node]
+        raise refuse(FRAMEWORK, "", self.model, "its forward returns nothing")  # pragma: no cover
+
+    @staticmethod
+    def is_add(node: fx.Node) -> bool:
+        two = len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) \
+            and not node.kwargs
+        if node.op == "call_function":
+            return two and node.target in (operator.add, operator.iadd, torch.add)
+        return node.op == "call_method" and node.target in ("add", "add_", "__add__") and two
+
+    @staticmethod
+    def is_flatten(node: fx.Node) -> bool:
+        return (node.op == "call_function" and node.target is torch.flatten) or \
+            (node.op == "call_method" and node.target == "flatten")
+
+    def flatten_args_ok(self, node: fx.Node) -> bool:
+        names = ("input", "start_dim", "end_dim")
+        given = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+        if set(given) - set(names) or not isinstance(given.get("input"), fx.Node):
+            return False
+        return _flatten_ok(given.get("start_dim", 0), given.get("end_dim", -1),
+                           self.mode == "s")
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+def _device(model: nn.Module, example: torch.Tensor) -> torch.device:
+    t = next(iter(model.state_dict().values()), None)
+    return t.device if t is not None else example.device
+
+
+def _sj_outputs(sj, model: nn.Module, x_seq: torch.Tensor, mode: str) -> torch.Tensor:
+    functional = sj[1]
+    functional.reset_net(model)
+    try:
+        if mode == "m":
+            return model(x_seq)
+        return torch.stack([model(x) for x in x_seq.unbind(0)])
+    finally:
+        functional.reset_net(model)
+
+
+def _collect(modules: dict[str, nn.Module]):
+    """Forward hooks keeping the outputs of every module in ``modules`` (cloned, per call)."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+    handles = [m.register_forward_hook(
+        lambda _m, _i, out, n=n: seen[n].append(out.detach().clone())
+        if isinstance(out, torch.Tensor) else None) for n, m in modules.items()]
+    return seen, handles
+
+
+def _first_difference(sources, theirs, ours, order) -> str:
+    for name in order:
+        if name not in sources or not theirs.get(name) or not ours.get(name):
+            continue
+        mine = ours[name][0]
+        seq_ = theirs[name]
+        t = (torch.stack(seq_) if len(seq_) > 1 else seq_[0])
+        if t.numel() != mine.numel() or not torch.equal(t.reshape(mine.shape), mine):
+            return f"; the first layer that differs is {name!r}"
+    return ""
+
+
+def _check(sj, model: nn.Module, graph: LayerGraph, sources: dict[str, nn.Module],
+           x_seq: torch.Tensor, mode: str) -> None:
+    """Both models on x_seq in eval mode: equal outputs, or a ValueError naming where not."""
+    flags = {m: m.training for m in model.modules()}
+    theirs, h1 = _collect(sources)
+    ours, h2 = _collect(dict(graph.nodes.items()))
+    try:
+        model.eval()
+        graph.eval()
+        with torch.no_grad():
+            try:
+                expected = _sj_outputs(sj, model, x_seq, mode)
+            except Exception as e:
+                raise ValueError(f"{FRAMEWORK}: {type(model).__name__} does not run on the "
+                                 f"example of shape {list(x_seq.shape)}: "
+                                 f"{_first_line(e)}") from None
+            seq.reset_state(graph)
+            got = graph(x_seq)
+            seq.reset_state(graph)
+    finally:
+        for h in h1 + h2:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+    if not isinstance(expected, torch.Tensor) or expected.shape != got.shape or \
+            not torch.equal(expected, got):
+        if isinstance(expected, torch.Tensor) and expected.shape == got.shape:
+            diff = f"max |difference| {(expected - got).abs().max().item():.3g}"
+        else:
+            diff = f"shape {list(getattr(expected, 'shape', []))} against {list(got.shape)}"
+        where = _first_difference(sources, theirs, ours, list(graph.nodes))
+        raise ValueError(f"{FRAMEWORK}: the converted model does not reproduce "
+                         f"{type(model).__name__} on the example ({diff}){where}")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def from_spikingjelly(model: nn.Module, example: torch.Tensor, *, state_dict=None,
+                      step_mode: str | None = None) -> LayerGraph:
+    """The SpikingJelly 2.0 ``model`` as an equivalent ``LayerGraph`` (see the module docstring).
+
+    Args:
+        model: a SpikingJelly (``activation_based``) network; left as it was, except that
+            ``state_dict`` is loaded into it.
+        example: one input the model takes: x_seq [T, B, ...] for a multi-step model, x [B, ...]
+            for a single-step one; it gives ``in_shape`` and the conversion is checked on it.
+        state_dict: a path (``torch.load(..., weights_only=True)``) or a dict, loaded (strict)
+            into ``model`` first; SpikingJelly's tutorial checkpoints ({"net": ...}) too.
+        step_mode: 's' or 'm'; None reads it from the model's neurons.
+
+    Raises a one-line ValueError naming the module (path and class) that does not convert, the
+    state dict that does not load or fit, or the first layer whose outputs differ on ``example``.
+    """
+    sj = _sj()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{FRAMEWORK}: model must be a torch.nn.Module, got "
+                        f"{type(model).__name__}")
+    if not isinstance(example, torch.Tensor) or not example.is_floating_point():
+        raise TypeError(f"{FRAMEWORK}: example must be a float tensor, got "
+                        f"{getattr(example, 'dtype', type(example).__name__)}")
+    if state_dict is not None:
+        _load_state(model, state_dict)
+    mode = _step_mode(sj, model, step_mode)
+    lead = 2 if mode == "m" else 1
+    if example.dim() < lead + 1:
+        raise ValueError(f"{FRAMEWORK}: a {'multi' if mode == 'm' else 'single'}-step model's "
+                         f"example is {'x_seq [T, B, ...]' if mode == 'm' else 'x [B, ...]'}, "
+                         f"got shape {list(example.shape)}")
+    converter = _Converter(sj, model, mode)
+    converter.run(_trace(sj, model))
+    graph = LayerGraph(converter.nodes, tuple(example.shape[lead:]))
+    graph.to(_device(model, example))
+    x_seq = example if mode == "m" else example.unsqueeze(0).repeat(
+        CHECK_STEPS, *([1] * example.dim()))
+    _check(sj, model, graph, converter.sources, x_seq, mode)
+    return graph.train(model.training)
