@@ -28,6 +28,7 @@ from spikecompress.snn import IF, LIF, PLIF, encode, reset_state
 from spikecompress.train import TrainConfig, Trainer
 
 if TYPE_CHECKING:  # the names below are real imports for type checkers and completion
+    from spikecompress import interop  # noqa: F401
     from spikecompress.compress import METHODS, Session, attach
     from spikecompress.export import to_integer
     from spikecompress.run import Recipe, Stage, load_recipe, run_recipe
@@ -42,6 +43,7 @@ _ON_FIRST_USE = {
     "run_recipe": "spikecompress.run",
     "to_integer": "spikecompress.export",
 }
+_SUBPACKAGES = ("interop",)  # ``sc.interop.from_spikingjelly(...)``, imported on first use
 
 
 def __getattr__(name: str):
@@ -50,6 +52,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"spikecompress.{name}")
     raise AttributeError(f"module 'spikecompress' has no attribute {name!r}")
 
 
@@ -60,6 +64,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "IF", "LIF", "METHODS", "MODELS", "PLIF", "Data", "DataConfig", "Metrics", "Recipe",
     "Session", "Stage", "TrainConfig", "Trainer", "__version__", "attach", "build", "count",
-    "encode", "evaluate", "from_spec", "load", "load_data", "load_recipe", "measure",
+    "encode", "evaluate", "from_spec", "interop", "load", "load_data", "load_recipe", "measure",
     "reset_state", "run_recipe", "save", "to_integer",
 ]

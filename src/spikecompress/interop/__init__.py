@@ -5,3 +5,7 @@ the foreign update reproduced operation for operation (``snn.semantics``), so ``
 every compression method and surgery work on it. The frameworks are optional: each is imported
 inside the function that needs it.
 """
+
+from spikecompress.interop.spikingjelly import from_spikingjelly
+
+__all__ = ["from_spikingjelly"]
