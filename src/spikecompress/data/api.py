@@ -12,6 +12,13 @@ import torch
 
 from spikecompress.data.common import MAX_ABS, Arrays, DataError, stratified_head
 from spikecompress.data.embedded import digits_arrays, mnist1d_arrays
+from spikecompress.data.event_files import (
+    EVENT_FILE_DATASETS,
+    dvs_gesture_arrays,
+    event_files_shape,
+    events_npz_arrays,
+    nmnist_arrays,
+)
 from spikecompress.data.events import event_digits_arrays
 from spikecompress.data.loader import Loader
 from spikecompress.data.local import cifar_arrays, mnist_family_arrays, npz_arrays
@@ -48,11 +55,17 @@ class DataConfig:
     """Which dataset to load and how to batch it.
 
     ``name``: digits | mnist1d | event_digits | mnist | fashion_mnist | kmnist | cifar10 |
-    cifar100 | npz. ``encoding``: direct | poisson | latency | tsc (values in [0, 1], T >= 2) |
-    ttfs (the onset: x at step 0, 0 after) for static data; events (or direct, the same) for
-    event data, whose T frames bin each 300 ms recording into T windows.
-    ``root``: the local data folder (mnist family, cifar), the .npz file path (npz), or the cache
+    cifar100 | npz | nmnist | dvs_gesture | events_npz. ``encoding``: direct | poisson | latency |
+    tsc (values in [0, 1], T >= 2) | ttfs (the onset: x at step 0, 0 after) for static data;
+    events (or direct, the same) for event data, whose T frames bin each recording into T
+    windows (event_digits: its 300 ms; nmnist, dvs_gesture, events_npz: each recording's own
+    span from its first to its last event, see :mod:`spikecompress.data.event_files`).
+    ``root``: the local data folder (mnist family, cifar; nmnist: the folder holding Train/ and
+    Test/; dvs_gesture: the folder holding ibmGestureTrain/ and ibmGestureTest/), the .npz file
+    path (npz; events_npz: the file, or a folder holding train.npz and test.npz), or the cache
     folder for generated sets (default $SPIKECOMPRESS_CACHE, else ~/.cache/spikecompress).
+    ``downsample``: nmnist, dvs_gesture and events_npz only: sum-pool the event counts over
+    d x d pixel blocks (e.g. 4: DVS Gesture's 128 x 128 becomes 32 x 32); default 1.
     ``seed``: split, event generation, shuffling and Poisson spikes. ``limit``: keep a
     class-balanced subset of the first ``limit`` training samples (test set untouched).
     ``holdout``: the fraction of those training samples set aside as ``Data.holdout`` (the train
@@ -75,6 +88,7 @@ class DataConfig:
     limit: int | None = None
     holdout: float = 0.0
     max_abs: float = MAX_ABS
+    downsample: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or self.name not in DATASETS:
@@ -101,6 +115,10 @@ class DataConfig:
             raise ValueError(f"data.max_abs must be a number in (0, {FLOAT32_MAX:.3g}], got "
                              f"{self.max_abs!r}")
         self.max_abs = float(self.max_abs)
+        _check_int("downsample", self.downsample, 1, MAX_SIZE)
+        if self.downsample != 1 and self.name not in EVENT_FILE_DATASETS:
+            raise ValueError(f"data.downsample applies to {', '.join(EVENT_FILE_DATASETS)} only, "
+                             f"not {self.name!r}; leave it at 1")
         if isinstance(self.root, os.PathLike):
             self.root = os.fspath(self.root)
         if self.root is not None and not isinstance(self.root, str):
@@ -162,6 +180,18 @@ def _npz(cfg: DataConfig) -> Arrays:
     return npz_arrays(cfg.root, cfg.seed, cfg.max_abs)
 
 
+def _nmnist(cfg: DataConfig) -> Arrays:
+    return nmnist_arrays(cfg.T, cfg.root, cfg.downsample)
+
+
+def _dvs_gesture(cfg: DataConfig) -> Arrays:
+    return dvs_gesture_arrays(cfg.T, cfg.root, cfg.downsample)
+
+
+def _events_npz(cfg: DataConfig) -> Arrays:
+    return events_npz_arrays(cfg.T, cfg.root, cfg.seed, cfg.downsample)
+
+
 DATASETS = {
     "digits": _digits,
     "mnist1d": _mnist1d,
@@ -172,11 +202,15 @@ DATASETS = {
     "cifar10": _cifar10,
     "cifar100": _cifar100,
     "npz": _npz,
+    "nmnist": _nmnist,
+    "dvs_gesture": _dvs_gesture,
+    "events_npz": _events_npz,
 }
-EVENT_DATASETS = frozenset({"event_digits"})
+EVENT_DATASETS = frozenset({"event_digits", *EVENT_FILE_DATASETS})
 
 
-# (training samples, all samples, one sample's shape at one time step) of the fixed datasets
+# (training samples, all samples, one sample's shape at one time step) of the fixed datasets;
+# nmnist, dvs_gesture and events_npz are sized from the user's files (event_files_shape)
 KNOWN_SHAPES = {
     "digits": (1437, 1797, (1, 8, 8)), "mnist1d": (4000, 5000, (1, 40)),
     "event_digits": (1437, 1797, (2, 22, 22)), "mnist": (60000, 70000, (1, 28, 28)),
@@ -195,11 +229,14 @@ def physical_memory() -> int | None:
 
 def check_data(cfg: DataConfig) -> None:
     """Check before loading anything that the memory the encoded data will take (estimated from
-    the dataset's known shapes, or the .npz file's header) fits in a share of this machine's
-    memory; DataError naming ``data.T`` otherwise (a missing or corrupt file is the loader's
-    to report). ``load_data`` calls it first; a runner calls it for
+    the dataset's known shapes, the .npz file's header, or an event dataset's file listing) fits
+    in a share of this machine's memory; DataError naming ``data.T`` otherwise (a missing or
+    corrupt file is the loader's to report). ``load_data`` calls it first; a runner calls it for
     every stage's T before the first stage starts."""
-    shape = KNOWN_SHAPES.get(cfg.name) or _npz_shape(cfg.root)
+    if cfg.name in EVENT_FILE_DATASETS:
+        shape = event_files_shape(cfg.name, cfg.root, cfg.downsample)
+    else:
+        shape = KNOWN_SHAPES.get(cfg.name) or _npz_shape(cfg.root)
     if shape is not None:
         check_memory(cfg, *shape)
 
