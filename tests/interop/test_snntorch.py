@@ -15,7 +15,7 @@ from _exact import dyadic
 from _oracles import oracle
 from spikecompress.compress import METHODS, attach
 from spikecompress.data import DataConfig, load_data
-from spikecompress.interop.snntorch import from_snntorch, step_by_step
+from spikecompress.interop.snntorch import from_snntorch
 from spikecompress.models import from_spec
 from spikecompress.snn.neuron import LIF
 from spikecompress.snn.surrogate import ATan, Sigmoid
@@ -88,22 +88,22 @@ def _snntorch_run(net, x_seq, per_step):
     return {n: torch.stack(s) for n, s in got.items()}, out
 
 
-def _ours_run(model, x_seq, stepwise):
+def _ours_run(model, x_seq):
     got = {n: [] for n, m in model.nodes.items() if isinstance(m, LIF)}
     hooks = [model.nodes[n].register_forward_hook(lambda m, a, out, n=n: got[n].append(out))
              for n in got]
     with torch.no_grad():
         sc.reset_state(model)
-        out = step_by_step(model, x_seq) if stepwise else model(x_seq)
+        out = model(x_seq)
     for h in hooks:
         h.remove()
     return {n: torch.cat(s) for n, s in got.items()}, out
 
 
-def _assert_exact(net, model, x_seq, per_step, snn_input=None, stepwise=True):
+def _assert_exact(net, model, x_seq, per_step, snn_input=None):
     """Every Leaky (paired by name) and the output equal; returns the spikes compared."""
     theirs, out = _snntorch_run(net, x_seq if snn_input is None else snn_input, per_step)
-    ours, our_out = _ours_run(model, x_seq, stepwise)
+    ours, our_out = _ours_run(model, x_seq)
     assert sorted(ours) == sorted(n.replace(".", "_") for n in theirs)
     for name, spikes in theirs.items():
         assert 0 < spikes.sum() < spikes.numel(), f"{name} must spike, not always"
@@ -155,7 +155,7 @@ def test_tutorial5_fc_net_spikes_exactly_as_snntorch(reset, digits):
     assert n == T * (32 + 64) * (32 + 10)
     dy, x_dy = _dyadic_weights_(copy.deepcopy(net)), dyadic(x, bits=5)  # full-T forward too
     _assert_exact(dy, from_snntorch(dy, x_dy), x_dy.expand(T, *x.shape), per_step=False,
-                  snn_input=x_dy, stepwise=False)
+                  snn_input=x_dy)
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
@@ -177,7 +177,7 @@ def test_tutorial7_conv_sequential_spikes_exactly_as_snntorch(reset, digits):
     assert n == T * 32 * (6 * 16 + 8 * 4 + 10) + 4 * 64 * (6 * 16 + 8 * 4 + 10)
     dy = _dyadic_weights_(copy.deepcopy(net))
     x_dy = dyadic(x_seq, bits=5)
-    _assert_exact(dy, from_snntorch(dy, x_dy[0]), x_dy, per_step=True, stepwise=False)
+    _assert_exact(dy, from_snntorch(dy, x_dy[0]), x_dy, per_step=True)
 
 
 def test_indexed_input_and_a_flatten_inside_forward():
@@ -332,12 +332,12 @@ def test_our_stack_runs_on_the_converted_model(converted, digits, tmp_path):
     assert sc.count(model, x_seq).sops == first.sops
     sc.save(model, tmp_path / "art")
     loaded = sc.load(tmp_path / "art")
-    ref = _ours_run(model.eval(), x_seq, stepwise=False)[1]
-    assert torch.equal(_ours_run(loaded, x_seq, stepwise=False)[1], ref)
+    ref = _ours_run(model.eval(), x_seq)[1]
+    assert torch.equal(_ours_run(loaded, x_seq)[1], ref)
     rebuilt = from_spec(model.spec).eval()
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.spec == model.spec
-    assert torch.equal(_ours_run(rebuilt, x_seq, stepwise=False)[1], ref)
+    assert torch.equal(_ours_run(rebuilt, x_seq)[1], ref)
 
 
 def test_magnitude_pruning_and_4_bit_quantization_run_on_it(converted, digits):

@@ -8,6 +8,7 @@ import torch
 from _exact import dyadic, dyadic_
 from spikecompress.compress.prune.groups import channel_groups
 from spikecompress.compress.prune.surgery import remove_channels_
+from spikecompress.measurement.counters import count
 from spikecompress.models import from_spec
 from spikecompress.models.layer_graph import Add, LayerGraph, layers
 from spikecompress.snn import IF, LIF, PLIF, reset_state
@@ -104,3 +105,18 @@ def test_wrong_input_shape_is_refused():
     model = layers(in_shape=[4], nodes=[{"name": "f", "type": "flatten"}])
     with pytest.raises(ValueError, match=r"layers expects x_seq of shape \[T, B, 4\]"):
         model(torch.zeros(2, 3, 5))
+
+
+def test_per_step_runs_layers_step_by_step_with_the_same_results_and_counts():
+    model = dyadic_(_graph()).eval()
+    stepwise = from_spec({**model.spec, "per_step": True}).eval()
+    stepwise.load_state_dict(model.state_dict())
+    assert stepwise.spec["per_step"] is True and "per_step" not in model.spec
+    calls = []
+    stepwise.nodes["fc1"].register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    x = dyadic(torch.rand(3, 2, 1, 8, 8) * 2)  # dyadic: every sum exact in any order
+    assert torch.equal(stepwise(x), model(x)) and calls == [1, 1, 1]
+    a, b = count(model, x), count(stepwise, x)
+    assert (a.sops, a.macs, a.spikes, a.samples) == (b.sops, b.macs, b.spikes, b.samples)
+    with pytest.raises(ValueError, match="per_step must be true or false"):
+        from_spec({**model.spec, "per_step": "yes"})

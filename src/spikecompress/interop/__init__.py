@@ -6,6 +6,8 @@ every compression method and surgery work on it. The frameworks are optional: ea
 inside the function that needs it.
 """
 
+from spikecompress.interop.norse import from_norse
+from spikecompress.interop.snntorch import from_snntorch
 from spikecompress.interop.spikingjelly import from_spikingjelly
 
-__all__ = ["from_spikingjelly"]
+__all__ = ["from_norse", "from_snntorch", "from_spikingjelly"]

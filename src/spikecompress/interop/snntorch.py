@@ -59,14 +59,12 @@ from ``snntorch.surrogate`` (its forward may not be ``x > 0``), or a ``beta`` / 
 that varies inside a conv channel.
 
 Exactness: after converting, both models run on ``example`` (T = (a)'s steps; (b) ``steps``
-calls) and every Leaky's spikes and the output must be equal bit for bit, else a ValueError. Our
-layers fold time into the batch, so over a whole ``x_seq`` a linear layer is one GEMM of T·B rows
-where snnTorch's loop runs T GEMMs of B rows; the BLAS may sum those in another order (float32
-rounding, about 1e-7 relative) and a membrane within that of the threshold can then flip.
-``step_by_step(model, x_seq)`` runs the converted model one step at a time, exactly snnTorch's
-shapes and order of operations, bit-exact to it; the check uses it. BatchNorm and Dropout convert
-with their eval behaviour exact; while training, ours normalise over T·B and drop the same units
-at every step (snnTorch's per step).
+calls) and every Leaky's spikes and the output must be equal bit for bit, else a ValueError. The
+converted graph runs its layers one time step at a time (``LayerGraph(per_step=True)``): a GEMM
+of T·B rows may sum in another order than snnTorch's T GEMMs of B rows (float32 rounding, about
+1e-7 relative, enough to flip a membrane at the threshold), so it keeps snnTorch's shapes and
+order of operations, bit-exact by construction; BatchNorm and Dropout then also behave per step
+as snnTorch's do, in training too.
 
 Checkpoints: ``state_dict`` (a dict, or the path of a file ``torch.save``d from the snnTorch model)
 is loaded into a copy of ``model`` (strict, ``torch.load(weights_only=True)``) before converting.
@@ -495,21 +493,10 @@ def _build(trace: _Trace, modules: list[nn.Module | None],
         wired.append((name, module, [prev]))
         prev = name
     in_shape = tuple(example.shape[2:] if trace.mode == "indexed" else example.shape[1:])
-    return LayerGraph(wired, in_shape).to(example.device), neurons
+    return LayerGraph(wired, in_shape, per_step=True).to(example.device), neurons
 
 
 # --- the check ---------------------------------------------------------------------------------
-
-def step_by_step(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
-    """``model`` on x_seq [T, B, ...] one step at a time, from rest (T forwards of [1, B, ...]
-    whose neurons carry their state): the GEMM shapes of snnTorch's own loop, so a converted
-    model is bit-exact to it this way (over the whole x_seq at once, see the module docstring)."""
-    reset_state(model)
-    try:
-        return torch.cat([model(x_seq[t:t + 1]) for t in range(x_seq.shape[0])])
-    finally:
-        reset_state(model)
-
 
 def _check(graph: LayerGraph, trace: _Trace, neurons: dict[str, str],
            example: torch.Tensor) -> None:
@@ -525,7 +512,9 @@ def _check(graph: LayerGraph, trace: _Trace, neurons: dict[str, str],
     graph.eval()
     try:
         with torch.no_grad():
-            out = step_by_step(graph, x_seq)
+            reset_state(graph)
+            out = graph(x_seq)
+            reset_state(graph)
     finally:
         for h in handles:
             h.remove()

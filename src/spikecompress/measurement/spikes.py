@@ -9,10 +9,11 @@ from torch import nn
 
 from spikecompress.snn.foreign import refuse_foreign
 from spikecompress.snn.neuron import NEURONS
+from spikecompress.snn.norse_neurons import SPIKING as NORSE_SPIKING
 from spikecompress.snn.tsc import TSCNeuron
 from spikecompress.snn.ttfs import TTFSNeuron
 
-_NEURON_TYPES = (*NEURONS.values(), TSCNeuron, TTFSNeuron)
+_NEURON_TYPES = (*NEURONS.values(), TSCNeuron, TTFSNeuron, *NORSE_SPIKING)
 
 
 def is_neuron(module: nn.Module) -> bool:

@@ -16,6 +16,13 @@ input); the model returns the last node's output. Node names are module names (n
 converter writes ``layer1_0_conv1`` for ``layer1.0.conv1``). Every node's parameters are read back
 from its module (``describe``), so a spec written after channel surgery (``respec``) rebuilds the
 smaller model; tensors such as per-channel thresholds are written as lists.
+
+``per_step`` (spec key, default false): run every stateless node (conv, linear, pool, BN, ...)
+on one time step at a time instead of on all T·B samples folded into one batch. The floats are
+the same in exact arithmetic, but a GEMM of T·B rows may sum in another order than T GEMMs of B
+rows; a model converted from a framework that calls its layers once per step (snnTorch,
+SpikingJelly's single-step mode, Norse cells) sets it, so it reproduces that framework's floats
+by construction. Neurons (modules with a membrane ``v``) always run over the whole sequence.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from torch import nn
 
 from spikecompress.snn import layers as seq
 from spikecompress.snn.neuron import IF, LIF, PLIF
+from spikecompress.snn.norse_neurons import NorseLI, NorseLIF, NorseLIFBox
 from spikecompress.snn.surrogate import SURROGATES
 
 INPUT = "input"
@@ -129,6 +137,10 @@ NODE_TYPES: dict[str, tuple[type, Callable, Callable]] = {  # type -> (class, ma
                                           channels=p["channels"]),
              lambda m: {"decay_input": m.decay_input,
                         "channels": m.w.shape[0] if m.w.dim() else None, **_neuron_common(m)}),
+    # Norse (snn/norse_neurons.py)
+    "norse_lif": (NorseLIF, NorseLIF.from_spec, NorseLIF.to_spec),
+    "norse_lif_box": (NorseLIFBox, NorseLIFBox.from_spec, NorseLIFBox.to_spec),
+    "norse_li": (NorseLI, NorseLI.from_spec, NorseLI.to_spec),
 }
 
 
@@ -157,8 +169,11 @@ class LayerGraph(nn.Module):
     """Nodes run in order over x_seq [T, B, *in_shape]; the last node's output is returned."""
 
     def __init__(self, nodes: list[tuple[str, nn.Module, list[str]]],
-                 in_shape: tuple[int, ...]) -> None:
+                 in_shape: tuple[int, ...], per_step: bool = False) -> None:
         super().__init__()
+        if not isinstance(per_step, bool):
+            raise ValueError(f"layers: per_step must be true or false, got {per_step!r}")
+        self.per_step = per_step
         seen = {INPUT}
         for i, (name, _, inputs) in enumerate(nodes):
             if not name or "." in name or name in seen:
@@ -181,12 +196,19 @@ class LayerGraph(nn.Module):
                              f"{', '.join(map(str, self.in_shape))}], got {list(x_seq.shape)}")
         return self.run_nodes(x_seq)
 
-    def run_nodes(self, x: torch.Tensor) -> torch.Tensor:
+    def run_nodes(self, x: torch.Tensor, per_step: bool | None = None) -> torch.Tensor:
         """The nodes on ``x``, unchecked (channel grouping traces one step [B, ...])."""
+        stepwise = self.per_step if per_step is None else per_step
         outs = {INPUT: x}
         out = x
         for name, module in self.nodes.items():
-            out = module(*(outs[r] for r in self.inputs[name]))
+            args = [outs[r] for r in self.inputs[name]]
+            if stepwise and not isinstance(module, Add) and not hasattr(module, "v"):
+                # one step [1, B, ...] at a time: the GEMM shapes of a per-step framework
+                (a,) = args
+                out = torch.cat([module(a[t:t + 1]) for t in range(a.shape[0])])
+            else:
+                out = module(*args)
             outs[name] = out
         return out
 
@@ -203,10 +225,13 @@ class LayerGraph(nn.Module):
                 node.update(NODE_TYPES[kind][2](module))
             nodes.append(node)
             prev = name
-        return {"name": "layers", "in_shape": list(self.in_shape), "nodes": nodes}
+        spec = {"name": "layers", "in_shape": list(self.in_shape), "nodes": nodes}
+        if self.per_step:
+            spec["per_step"] = True
+        return spec
 
 
-def layers(in_shape: list[int], nodes: list[dict]) -> LayerGraph:
+def layers(in_shape: list[int], nodes: list[dict], per_step: bool = False) -> LayerGraph:
     """Build a ``LayerGraph`` from its spec's nodes (see the module docstring)."""
     if not isinstance(in_shape, list | tuple) or not in_shape or not all(
             isinstance(d, int) and d > 0 for d in in_shape):
@@ -235,5 +260,5 @@ def layers(in_shape: list[int], nodes: list[dict]) -> LayerGraph:
                              f"(known: {sorted(NODE_TYPES)} and add)")
         built.append((node["name"], module, list(inputs)))
         prev = node["name"]
-    return LayerGraph(built, tuple(in_shape))
+    return LayerGraph(built, tuple(in_shape), per_step)
 

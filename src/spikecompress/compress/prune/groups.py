@@ -37,14 +37,17 @@ from spikecompress.compress.targets import compile_patterns
 from spikecompress.snn import layers as seq
 from spikecompress.snn.bntt import BNTT
 from spikecompress.snn.neuron import NEURONS
+from spikecompress.snn.norse_neurons import NORSE_NEURONS
 
 # neuron tensors with one row per channel
-PER_CHANNEL = ("tau", "v_threshold", "w", "spike_mask", "leak")
+PER_CHANNEL = ("tau", "v_threshold", "w", "spike_mask", "leak",
+               "tau_syn_inv", "tau_mem_inv", "v_leak", "v_reset")  # the last four: Norse's
 
 
 def is_neuron(module: nn.Module) -> bool:
-    """Our neurons, and SpikingJelly's (any module of that package with a ``v_threshold``)."""
-    if isinstance(module, tuple(NEURONS.values())):
+    """Our neurons (Norse's LI read-out too: stateful, traced as an identity), and SpikingJelly's
+    (any module of that package with a ``v_threshold``)."""
+    if isinstance(module, (*NEURONS.values(), *NORSE_NEURONS)):
         return True
     return type(module).__module__.startswith("spikingjelly") and hasattr(module, "v_threshold")
 
@@ -213,7 +216,7 @@ def dependency_graph(model: nn.Module, example: torch.Tensor | None = None):
     plain_net = example is None and hasattr(model, "features") and hasattr(model, "classifier")
     forward = (lambda m, inp: m.classifier(m.features(inp))) if plain_net else None
     if example is None and hasattr(model, "run_nodes"):  # a LayerGraph, on one step [B, ...]
-        forward = lambda m, inp: m.run_nodes(inp)  # noqa: E731
+        forward = lambda m, inp: m.run_nodes(inp, per_step=False)  # noqa: E731
     pruners = {NeuronStandIn: _neuron_pruner()}
     bntt = _bntt_pruner()
     # by exact class, as Torch-Pruning looks pruners up (a parametrized BNTT is a subclass)
