@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # the names below are real imports for type checkers and comp
     from spikecompress import interop  # noqa: F401
     from spikecompress.compress import METHODS, Session, attach
     from spikecompress.export import to_integer
+    from spikecompress.export.nir import export_nir
+    from spikecompress.interop.nir import import_nir
     from spikecompress.run import Recipe, Stage, load_recipe, run_recipe
 
 _ON_FIRST_USE = {
@@ -42,6 +44,8 @@ _ON_FIRST_USE = {
     "load_recipe": "spikecompress.run",
     "run_recipe": "spikecompress.run",
     "to_integer": "spikecompress.export",
+    "export_nir": "spikecompress.export.nir",
+    "import_nir": "spikecompress.interop.nir",
 }
 _SUBPACKAGES = ("interop",)  # ``sc.interop.from_spikingjelly(...)``, imported on first use
 
@@ -64,6 +68,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "IF", "LIF", "METHODS", "MODELS", "PLIF", "Data", "DataConfig", "Metrics", "Recipe",
     "Session", "Stage", "TrainConfig", "Trainer", "__version__", "attach", "build", "count",
-    "encode", "evaluate", "from_spec", "interop", "load", "load_data", "load_recipe", "measure",
-    "reset_state", "run_recipe", "save", "to_integer",
+    "encode", "evaluate", "export_nir", "from_spec", "import_nir", "interop", "load",
+    "load_data", "load_recipe", "measure", "reset_state", "run_recipe", "save", "to_integer",
 ]
