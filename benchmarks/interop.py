@@ -1,16 +1,19 @@
 """Models from SpikingJelly, snnTorch and Norse in (issue 19): agreement, SOPs, one compression.
 
 For each framework a small conv net written the way its tutorials write it is trained **in that
-framework** on sklearn digits (8×8, T = 4, Adam 5e-3, ``--epochs``, seed 0), then converted with
-``sc.interop.from_<framework>`` and compared on the whole test set (360 samples):
+framework** on sklearn digits (8×8, T = 4, Adam 5e-3, ``--epochs`` (15), seed 0), then
+converted with ``sc.interop.from_<framework>`` and compared on the whole test set (360 samples):
 
 * agreement: every neuron layer's spikes and the outputs, ours against the framework's own forward
   (the number of differing elements, and the largest output difference);
 * SOPs per sample: ours (``sc.count``, zero weights skipped, so dense here) against the
-  framework's own counter where it has one (SpikingJelly's ``SynOpCounter``; NeuroBench's
-  ``SynapticOperations`` for snnTorch, the counter snnTorch users reach for; Norse 1.1.0 has none);
+  framework's own counter where it has one (SpikingJelly's ``SynOpCounter``; for snnTorch, which
+  has none, NeuroBench's per-layer ``single_layer_MACs`` on the inputs each conv / linear gets in
+  snnTorch's own run — NeuroBench's aggregate ``SynapticOperations`` reported 0.25 % more than
+  the sum of its own per-layer counts on one trained net, so the per-layer path is used; Norse
+  1.1.0 has none);
 * one compression on the converted model: magnitude 80 % (cubic schedule) + 4-bit
-  ``uniform_quant``, ``--compress-epochs`` at Adam 1e-3 with our Trainer; accuracy before and
+  ``uniform_quant``, ``--compress-epochs`` (10) at Adam 1e-3 with our Trainer; accuracy before and
   after (our ``measure``: arg-max of the mean output over time), non-zero parameters and the
   artifact's bytes on disk (``measure``'s ``size_bytes``).
 
@@ -172,7 +175,6 @@ def _is_foreign_neuron(m):
 
 def their_sops(name, net, data):
     """SOPs per sample by the framework's own counter (or the one its users reach for)."""
-    x_seq, _ = next(iter(data.test))
     if name == "spikingjelly":
         from spikingjelly.activation_based import functional
         from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
@@ -187,23 +189,24 @@ def their_sops(name, net, data):
             n += x_seq.shape[1]
         functional.reset_net(net)
         return sops / n, "SpikingJelly SynOpCounter"
-    if name == "snntorch":
-        from neurobench.metrics.workload import SynapticOperations
-        from neurobench.models import SNNTorchModel
+    if name == "snntorch":  # NeuroBench's per-layer count on the inputs snnTorch's run feeds
+        from neurobench.metrics.utils.layers.macs import single_layer_MACs
 
-        model = SNNTorchModel(net)
-        model.register_hooks()
-        metric = SynapticOperations()
+        layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         total = n = 0
-        for x_seq, y in _batches(data.test):
-            x_bt = x_seq.transpose(0, 1).contiguous()  # NeuroBench feeds [B, T, ...]
+        seen: list = []
+        hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0]))) for m in layers]
+        for x_seq, _ in _batches(data.test):
+            seen.clear()
             with torch.no_grad():
-                preds = model(x_bt)
-            out = metric(model, preds, (x_bt, y))
-            total += out["Effective_ACs"] * x_seq.shape[1]
+                snntorch_run(net, x_seq)
+            for layer, inp in seen:
+                ops, spiking = single_layer_MACs(inp, layer)
+                total += ops if spiking else 0
             n += x_seq.shape[1]
-            model.reset_hooks()
-        return total / n, "NeuroBench SynapticOperations (Effective_ACs)"
+        for h in hooks:
+            h.remove()
+        return total / n, "NeuroBench single_layer_MACs (effective ACs)"
     return None, "none (Norse 1.1.0 has no counter)"
 
 
@@ -257,8 +260,8 @@ def table(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--compress-epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--compress-epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/interop.jsonl")
     ap.add_argument("--table", default=None)
