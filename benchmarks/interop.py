@@ -194,18 +194,18 @@ def their_sops(name, net, data):
 
         layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         total = n = 0
-        seen: list = []
-        hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0]))) for m in layers]
         for x_seq, _ in _batches(data.test):
-            seen.clear()
+            seen: list = []
+            hooks = [m.register_forward_pre_hook(lambda m, a, seen=seen: seen.append((m, a[0])))
+                     for m in layers]
             with torch.no_grad():
                 snntorch_run(net, x_seq)
+            for h in hooks:  # removed before counting: NeuroBench copies the layer, hooks too
+                h.remove()
             for layer, inp in seen:
                 ops, spiking = single_layer_MACs(inp, layer)
                 total += ops if spiking else 0
             n += x_seq.shape[1]
-        for h in hooks:
-            h.remove()
         return total / n, "NeuroBench single_layer_MACs (effective ACs)"
     return None, "none (Norse 1.1.0 has no counter)"
 
