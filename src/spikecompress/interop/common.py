@@ -70,6 +70,10 @@ def map_layer(module: nn.Module, name: str, framework: str) -> nn.Module | None:
                 twin.load_state_dict(module.state_dict(), strict=True)
             return twin.to(next(iter(module.state_dict().values()), torch.zeros(())).device)
     if isinstance(module, nn.Flatten):
+        if (module.start_dim, module.end_dim) != (1, -1):
+            raise ValueError(f"{framework}: layer {name!r} ({type(module).__name__}) flattens dims "
+                             f"{module.start_dim}..{module.end_dim}; only one whole sample "
+                             f"(start_dim 1, end_dim -1) is supported")
         return seq.Flatten()
     return None
 
