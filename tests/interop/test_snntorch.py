@@ -293,15 +293,15 @@ def test_weights_from_a_saved_snntorch_state_dict(tmp_path):
     assert torch.equal(model2.nodes["fc1"].weight, model.nodes["fc1"].weight)
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match=r"cannot read state dict file '.*corrupt\.pt'"):
+    with pytest.raises(ValueError, match=r"cannot load state dict '.*corrupt\.pt'"):
         from_snntorch(fresh, x, state_dict=bad)
     other = tmp_path / "other.pt"
     torch.save(tutorial7().state_dict(), other)
-    with pytest.raises(ValueError, match=r"state dict file '.*other\.pt' does not fit"):
+    with pytest.raises(ValueError, match=r"state dict '.*other\.pt' does not fit"):
         from_snntorch(fresh, x, state_dict=other)
     unsafe = tmp_path / "pickled.pt"
     torch.save({"fc1.weight": argparse.Namespace(a=1)}, unsafe)  # not weights: refused unread
-    with pytest.raises(ValueError, match=r"cannot read state dict file '.*pickled\.pt'"):
+    with pytest.raises(ValueError, match=r"cannot load state dict '.*pickled\.pt'"):
         from_snntorch(fresh, x, state_dict=unsafe)
 
 

@@ -7,6 +7,9 @@ parameters and buffers, so the converted model computes the same floats in the s
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -88,3 +91,38 @@ def refuse(framework: str, name: str, module: nn.Module, why: str = "") -> Value
 def qualified(name: str) -> str:
     """A node name from a module path: ``layer1.0.conv1`` → ``layer1_0_conv1``."""
     return name.replace(".", "_") or "root"
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its class and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def load_state(model: nn.Module, state_dict, framework: str, unwrap: str | None = None) -> None:
+    """Load ``state_dict`` (a path, read with ``torch.load(weights_only=True)``, or a mapping of
+    names to tensors; ``unwrap``: a key under which a checkpoint keeps it) into ``model``,
+    strictly; a one-line ValueError names the file and what does not fit."""
+    where = "the state dict"
+    if isinstance(state_dict, str | os.PathLike):
+        where = f"state dict {os.fspath(state_dict)!r}"
+        try:
+            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+        except Exception as e:  # a missing, corrupt or unsafe file
+            raise ValueError(f"{framework}: cannot load {where}: {first_line(e)}") from None
+    if unwrap and isinstance(state_dict, Mapping) and isinstance(state_dict.get(unwrap), Mapping):
+        state_dict = state_dict[unwrap]
+    if not isinstance(state_dict, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise ValueError(f"{framework}: {where} is not a mapping of names to tensors")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{what} {keys[:5]}{' ...' if len(keys) > 5 else ''}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+                 if keys]
+        raise ValueError(f"{framework}: {where} does not fit {type(model).__name__}: "
+                         + "; ".join(parts))
+    model.load_state_dict(dict(state_dict), strict=True)

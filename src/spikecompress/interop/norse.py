@@ -59,16 +59,14 @@ mode, on its device, with node names ``qualified(module path)`` (a lone module: 
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Mapping
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikecompress.interop.common import map_layer, qualified, refuse
+from spikecompress.interop.common import first_line, load_state, map_layer, qualified, refuse
 from spikecompress.models.layer_graph import INPUT, LayerGraph
 from spikecompress.snn import layers as seq
 from spikecompress.snn.norse_neurons import NorseLI, NorseLIF, NorseLIFBox
@@ -94,41 +92,11 @@ def _norse() -> SimpleNamespace:
                            resets={reset_value: "value", reset_subtract: "subtract"})
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
 def _cls(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__qualname__}"
 
 
 # ----------------------------------------------------------------------------- state dict
-
-
-def _load_state(model: nn.Module, state_dict) -> None:
-    """Load ``state_dict`` (a path or a mapping of names to tensors) into ``model``, strictly."""
-    where = "the state dict"
-    if isinstance(state_dict, str | os.PathLike):
-        where = f"state dict {os.fspath(state_dict)!r}"
-        try:
-            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{FRAMEWORK}: cannot load {where}: {_first_line(e)}") from None
-    if not isinstance(state_dict, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise ValueError(f"{FRAMEWORK}: {where} is not a mapping of names to tensors")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or shapes:
-        parts = [f"{what} {keys[:5]}{' ...' if len(keys) > 5 else ''}" for what, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
-                 if keys]
-        raise ValueError(f"{FRAMEWORK}: {where} does not fit {type(model).__name__}: "
-                         + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
 
 
 # ----------------------------------------------------------------------------- structure
@@ -247,7 +215,7 @@ def _run_norse(model: nn.Module, x_seq: torch.Tensor, stepped: bool) -> torch.Te
         if isinstance(e, ValueError) and str(e).startswith(f"{FRAMEWORK}: "):
             raise  # a refusal from a hook
         raise ValueError(f"{FRAMEWORK}: {type(model).__name__} does not run on the example of "
-                         f"shape {list(x_seq.shape[int(stepped):])}: {_first_line(e)}") from None
+                         f"shape {list(x_seq.shape[int(stepped):])}: {first_line(e)}") from None
     out = out[0] if isinstance(out, tuple) else out
     if not isinstance(out, torch.Tensor):
         raise refuse(FRAMEWORK, "", model, "its forward does not return a tensor (or a tensor "
@@ -529,7 +497,7 @@ def from_norse(model: nn.Module, example: torch.Tensor, *, state_dict=None) -> L
         raise TypeError(f"{FRAMEWORK}: example must be a float tensor, got "
                         f"{getattr(example, 'dtype', type(example).__name__)}")
     if state_dict is not None:
-        _load_state(model, state_dict)
+        load_state(model, state_dict, FRAMEWORK)
     _prescan(ns, model)
     stepped = _stepped(ns, model)
     lead = 1 if stepped else 2

@@ -74,14 +74,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from spikecompress.interop.common import map_layer, qualified, refuse
+from spikecompress.interop.common import load_state, map_layer, qualified, refuse
 from spikecompress.models.layer_graph import INPUT, LayerGraph
 from spikecompress.snn.layers import Flatten as SeqFlatten
 from spikecompress.snn.layers import reset_state
@@ -95,11 +94,6 @@ _HINT = ("write it with torch modules (nn.MaxPool2d, nn.Flatten, ...) in an nn.S
 
 def _cls(module: nn.Module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _is_snntorch(module: nn.Module) -> bool:
@@ -189,26 +183,6 @@ def _copy(model: nn.Module) -> nn.Module:
         if _is_snntorch(m) and isinstance(getattr(m, "mem", None), torch.Tensor):
             m.mem = torch.zeros(0, device=m.mem.device)
     return work.eval()
-
-
-def _load(model: nn.Module, state_dict) -> None:
-    """Load a snnTorch state dict (a mapping or a file path) into ``model``, strictly."""
-    where = "the given state dict"
-    if isinstance(state_dict, str | os.PathLike):
-        where = f"state dict file {os.fspath(state_dict)!r}"
-        try:
-            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-        except Exception as e:  # a missing, corrupt or unsafe file: one line naming it
-            raise ValueError(f"{FRAMEWORK}: cannot read {where}: {_one_line(e)}") from None
-    if not isinstance(state_dict, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise ValueError(f"{FRAMEWORK}: {where} is not a state dict (a mapping of names to "
-                         f"tensors, as model.state_dict() gives)")
-    try:
-        model.load_state_dict(dict(state_dict), strict=True)
-    except RuntimeError as e:
-        text = " ".join(str(e).split())
-        raise ValueError(f"{FRAMEWORK}: {where} does not fit the model: {text}") from None
 
 
 # --- wiring ------------------------------------------------------------------------------------
@@ -566,7 +540,7 @@ def from_snntorch(model: nn.Module, example: torch.Tensor, *, state_dict=None,
         raise ValueError(f"{FRAMEWORK}: steps must be a positive integer, got {steps!r}")
     work = _copy(model)
     if state_dict is not None:
-        _load(work, state_dict)
+        load_state(work, state_dict, FRAMEWORK)
     rec = _Recorder(_units(work))
     outputs = _run(work, example, 1, rec)
     chain, split = _split(rec.calls)

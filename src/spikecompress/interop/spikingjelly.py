@@ -57,14 +57,12 @@ from __future__ import annotations
 
 import math
 import operator
-import os
-from collections.abc import Mapping
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecompress.interop.common import map_layer, qualified, refuse
+from spikecompress.interop.common import first_line, load_state, map_layer, qualified, refuse
 from spikecompress.models.layer_graph import INPUT, Add, LayerGraph
 from spikecompress.snn import layers as seq
 from spikecompress.snn.neuron import IF, LIF, PLIF
@@ -87,39 +85,7 @@ def _sj():
     return base, functional, layer, neuron, surrogate
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
 # ----------------------------------------------------------------------------- state dict
-
-
-def _load_state(model: nn.Module, state_dict) -> None:
-    """Load ``state_dict`` (a path, a dict, or a checkpoint {"net": dict}) into ``model``."""
-    where = "the state dict"
-    if isinstance(state_dict, str | os.PathLike):
-        where = f"state dict {os.fspath(state_dict)!r}"
-        try:
-            state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{FRAMEWORK}: cannot load {where}: {_first_line(e)}") from None
-    if isinstance(state_dict, Mapping) and isinstance(state_dict.get("net"), Mapping):
-        state_dict = state_dict["net"]  # SpikingJelly's tutorial checkpoint
-    if not isinstance(state_dict, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise ValueError(f"{FRAMEWORK}: {where} is not a mapping of names to tensors")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or shapes:
-        parts = [f"{what} {keys[:5]}{' ...' if len(keys) > 5 else ''}" for what, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
-                 if keys]
-        raise ValueError(f"{FRAMEWORK}: {where} does not fit {type(model).__name__}: "
-                         + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
 
 
 # ----------------------------------------------------------------------------- step mode
@@ -195,7 +161,7 @@ class _Tracer(fx.Tracer):
         except Exception as e:
             path = self.path_of_module(m)
             raise _Refused(str(refuse(FRAMEWORK, path, m, f"torch.fx cannot trace its forward "
-                                                          f"({_first_line(e)})"))) from None
+                                                          f"({first_line(e)})"))) from None
 
 
 def _trace(sj, model: nn.Module) -> fx.Graph:
@@ -205,7 +171,7 @@ def _trace(sj, model: nn.Module) -> fx.Graph:
         raise ValueError(str(e)) from None
     except Exception as e:
         raise refuse(FRAMEWORK, "", model,
-                     f"torch.fx cannot trace its forward ({_first_line(e)})") from None
+                     f"torch.fx cannot trace its forward ({first_line(e)})") from None
 
 
 def _op_name(node: fx.Node) -> str:
@@ -538,7 +504,7 @@ def _check(sj, model: nn.Module, graph: LayerGraph, sources: dict[str, nn.Module
             except Exception as e:
                 raise ValueError(f"{FRAMEWORK}: {type(model).__name__} does not run on the "
                                  f"example of shape {list(x_seq.shape)}: "
-                                 f"{_first_line(e)}") from None
+                                 f"{first_line(e)}") from None
             seq.reset_state(graph)
             got = graph(x_seq)
             seq.reset_state(graph)
@@ -585,7 +551,7 @@ def from_spikingjelly(model: nn.Module, example: torch.Tensor, *, state_dict=Non
         raise TypeError(f"{FRAMEWORK}: example must be a float tensor, got "
                         f"{getattr(example, 'dtype', type(example).__name__)}")
     if state_dict is not None:
-        _load_state(model, state_dict)
+        load_state(model, state_dict, FRAMEWORK, unwrap="net")
     mode = _step_mode(sj, model, step_mode)
     lead = 2 if mode == "m" else 1
     if example.dim() < lead + 1:
