@@ -126,3 +126,17 @@ def load_state(model: nn.Module, state_dict, framework: str, unwrap: str | None 
         raise ValueError(f"{framework}: {where} does not fit {type(model).__name__}: "
                          + "; ".join(parts))
     model.load_state_dict(dict(state_dict), strict=True)
+
+
+def check_and_load(model: nn.Module, example, state_dict, framework: str,
+                   unwrap: str | None = None) -> None:
+    """A converter's boundary: ``model`` a module, ``example`` a float tensor (TypeError), then
+    ``state_dict`` (when given) loaded into ``model`` by ``load_state``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{framework}: model must be a torch.nn.Module, got "
+                        f"{type(model).__name__}")
+    if not isinstance(example, torch.Tensor) or not example.is_floating_point():
+        raise TypeError(f"{framework}: example must be a float tensor, got "
+                        f"{getattr(example, 'dtype', type(example).__name__)}")
+    if state_dict is not None:
+        load_state(model, state_dict, framework, unwrap)

@@ -66,7 +66,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikecompress.interop.common import first_line, load_state, map_layer, qualified, refuse
+from spikecompress.interop.common import (
+    check_and_load,
+    first_line,
+    map_layer,
+    qualified,
+    refuse,
+)
 from spikecompress.models.layer_graph import INPUT, LayerGraph
 from spikecompress.snn import layers as seq
 from spikecompress.snn.norse_neurons import NorseLI, NorseLIF, NorseLIFBox
@@ -490,14 +496,7 @@ def from_norse(model: nn.Module, example: torch.Tensor, *, state_dict=None) -> L
     state dict that does not load or fit, or the node whose outputs differ from Norse's.
     """
     ns = _norse()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{FRAMEWORK}: model must be a torch.nn.Module, got "
-                        f"{type(model).__name__}")
-    if not isinstance(example, torch.Tensor) or not example.is_floating_point():
-        raise TypeError(f"{FRAMEWORK}: example must be a float tensor, got "
-                        f"{getattr(example, 'dtype', type(example).__name__)}")
-    if state_dict is not None:
-        load_state(model, state_dict, FRAMEWORK)
+    check_and_load(model, example, state_dict, FRAMEWORK)
     _prescan(ns, model)
     stepped = _stepped(ns, model)
     lead = 1 if stepped else 2

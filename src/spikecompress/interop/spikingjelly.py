@@ -62,7 +62,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from spikecompress.interop.common import first_line, load_state, map_layer, qualified, refuse
+from spikecompress.interop.common import (
+    check_and_load,
+    first_line,
+    map_layer,
+    qualified,
+    refuse,
+)
 from spikecompress.models.layer_graph import INPUT, Add, LayerGraph
 from spikecompress.snn import layers as seq
 from spikecompress.snn.neuron import IF, LIF, PLIF
@@ -544,14 +550,7 @@ def from_spikingjelly(model: nn.Module, example: torch.Tensor, *, state_dict=Non
     state dict that does not load or fit, or the first layer whose outputs differ on ``example``.
     """
     sj = _sj()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{FRAMEWORK}: model must be a torch.nn.Module, got "
-                        f"{type(model).__name__}")
-    if not isinstance(example, torch.Tensor) or not example.is_floating_point():
-        raise TypeError(f"{FRAMEWORK}: example must be a float tensor, got "
-                        f"{getattr(example, 'dtype', type(example).__name__)}")
-    if state_dict is not None:
-        load_state(model, state_dict, FRAMEWORK, unwrap="net")
+    check_and_load(model, example, state_dict, FRAMEWORK, "net")
     mode = _step_mode(sj, model, step_mode)
     lead = 2 if mode == "m" else 1
     if example.dim() < lead + 1:
