@@ -5,9 +5,8 @@ import torch
 
 from spikecompress.compress import METHODS
 from spikecompress.compress.contract import TINY_MODELS as TINY
-from spikecompress.compress.contract import check_method
+from spikecompress.compress.contract import check_method, tiny_model
 from spikecompress.data import DataConfig, load_data
-from spikecompress.models import build
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +18,4 @@ def data():
 @pytest.mark.parametrize("method_name", list(METHODS))
 def test_method_contract(method_name, model_name, data):
     torch.manual_seed(0)
-    spiking = method_name not in ("ann_conversion", "tsc", "ttfs")  # they convert the ANN twin
-    options = dict(getattr(METHODS[method_name], "MODEL_OPTIONS", {}))  # e.g. a BNTT student
-    if options.get("norm") == "bntt":
-        options["steps"] = 2  # the data's T
-    model = build(classes=10, spiking=spiking, **{**TINY[model_name], **options})
-    check_method(METHODS[method_name], model, data)
+    check_method(METHODS[method_name], tiny_model(method_name, model_name), data)

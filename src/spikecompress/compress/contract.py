@@ -39,6 +39,24 @@ TINY_MODELS = {
 }
 
 
+# methods that convert the ANN twin: the contract builds them a non-spiking model
+ANN_METHODS = ("ann_conversion", "tsc", "ttfs")
+
+
+def tiny_model(method_name: str, model_name: str, steps: int = 2) -> nn.Module:
+    """The tiny ``model_name`` model the contract runs ``method_name`` on: the ANN twin for the
+    conversion methods, built with the method's ``MODEL_OPTIONS`` (a BNTT student gets ``steps``
+    BatchNorms, the data's T)."""
+    from spikecompress.compress.registry import METHODS
+    from spikecompress.models import build
+
+    options = dict(getattr(METHODS[method_name], "MODEL_OPTIONS", {}))
+    if options.get("norm") == "bntt":
+        options["steps"] = steps
+    spiking = method_name not in ANN_METHODS
+    return build(classes=10, spiking=spiking, **{**TINY_MODELS[model_name], **options})
+
+
 def method_spec(method: object) -> dict:
     """The YAML-ready spec of a method: its name and its hyper-parameter fields (not ``*_``)."""
     fields = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)

@@ -12,6 +12,16 @@ callable whose name looks like a misspelt hook):
     finalize(model, ctx) -> model      bake the result into a plain module
     train_step(model, x_seq, y, ctx)   replaces the loop's float forward / backward / optimizer
                                        step for a batch (a method that trains the model itself)
+    reduce_(model, ctx)                makes the method's statistics agree across the ranks of a
+                                       distributed run (``ctx.comm``); called before every
+                                       ``after_step`` and before ``finalize``, in one-process runs
+                                       too (where every collective is the identity)
+
+Distributed runs: DDP keeps the weights identical on every rank (same initial broadcast, averaged
+gradients). Anything a method computes from the weights alone therefore agrees by itself; anything
+it measures on data (activity, covariances, spike counts, rewards) or draws at random must be made
+to agree in ``reduce_`` (``spikecompress.compress.collectives``). The distributed contract suite
+checks every registered method by comparing its state across two processes.
 
 ``KIND`` (a class attribute) places the method in the Session's fixed finalize order:
 "channels" → "masks" → "quant" → "time"; "loss"-only methods finalize last and change nothing.
@@ -30,11 +40,13 @@ import dataclasses
 import difflib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
+
+from spikecompress.compress.collectives import Collectives
 
 KINDS = ("channels", "masks", "quant", "time", "loss")
 
@@ -46,7 +58,8 @@ class Context:
     learning rate of every step ``lr_at(step)``, the stage's ``total_steps`` and ``steps_per_epoch``
     (None before) and the loop's ``task_loss`` (the kind of ``snn.losses.task_loss`` it adds the
     methods' terms to: "ce" unless told); ``y``: the labels [B] of the batch being trained on, set
-    by ``Session.loss`` (None when the loop passes none)."""
+    by ``Session.loss`` (None when the loop passes none); ``comm``: the processes of the run and
+    their collectives (one process unless torch.distributed is initialized)."""
 
     progress: float = 0.0
     step: int = 0
@@ -58,6 +71,7 @@ class Context:
     steps_per_epoch: int | None = None
     task_loss: str = "ce"
     y: Any = None
+    comm: Collectives = field(default_factory=Collectives)
 
 
 class Method(Protocol):
@@ -89,8 +103,11 @@ class Method(Protocol):
         """Replaces the loop's float forward / backward / optimizer step for this batch; returns
         (the loss as a Python float for logging, out_seq [T, B, classes] for accuracy)."""
 
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Make the statistics measured on this rank's data agree across ranks (``ctx.comm``)."""
 
-HOOKS = ("attach", "param_groups", "loss", "after_step", "finalize", "train_step")
+
+HOOKS = ("attach", "param_groups", "loss", "after_step", "finalize", "train_step", "reduce_")
 
 
 def hook(method: object, name: str):

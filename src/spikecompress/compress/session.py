@@ -8,6 +8,11 @@
         session.after_step(progress=step / total_steps)
         reset_state(model)
     model = session.finalize()                              # a plain nn.Module again
+
+Under ``torchrun`` the same loop runs on every rank with the model wrapped in DDP; the Session
+calls each method's ``reduce_`` hook before its ``after_step`` and before ``finalize`` so the
+statistics a method acts on agree across ranks (``compress.collectives``). ``verify=True`` also
+checks after every step and after finalize that they do (``compress.agreement``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from spikecompress.compress.agreement import check_agreement
 from spikecompress.compress.method import (
     KINDS,
     Context,
@@ -35,10 +41,13 @@ _EXCLUSIVE = ("quant", "time")
 class Session:
     """Attach ``methods`` to ``model`` and drive their hooks; see the module docstring."""
 
-    def __init__(self, model: nn.Module, methods: Sequence[object], stage: str = "") -> None:
+    def __init__(
+        self, model: nn.Module, methods: Sequence[object], stage: str = "", verify: bool = False
+    ) -> None:
         _check(methods)
+        model = unwrap(model)
         _check_finite(model)
-        self.model, self.methods = model, list(methods)
+        self.model, self.methods, self.verify = model, list(methods), verify
         self.ctx = Context(stage=stage)
         self.finalized = False
         # "loss" methods first: they see the model as it enters the stage (e.g. a teacher copy)
@@ -152,7 +161,17 @@ class Session:
         if epoch is not None:
             self.ctx.epoch = epoch
         for m in self.methods:
+            if (fn := hook(m, "reduce_")) is not None:
+                fn(self.model, self.ctx)
             if (fn := hook(m, "after_step")) is not None:
+                fn(self.model, self.ctx)
+        if self.verify:
+            check_agreement(self.model, self, self.ctx.comm, f"after step {self.ctx.step}")
+
+    def reduce_(self) -> None:
+        """Run every method's ``reduce_`` hook (their statistics agree across ranks after it)."""
+        for m in self.methods:
+            if (fn := hook(m, "reduce_")) is not None:
                 fn(self.model, self.ctx)
 
     def finalize(self) -> nn.Module:
@@ -160,6 +179,7 @@ class Session:
         the remaining parametrizations, and return a plain ``nn.Module`` (no hooks left)."""
         if self.finalized:
             raise RuntimeError("this session is already finalized")
+        self.reduce_()
         model = self.model
         for m in sorted(self.methods, key=lambda m: KINDS.index(m.KIND)):
             if (fn := hook(m, "finalize")) is not None:
@@ -168,12 +188,24 @@ class Session:
         if not is_plain(model):
             raise RuntimeError("finalize left forward hooks on the model: a method forgot them")
         self.model, self.finalized = model, True
+        if self.verify:
+            check_agreement(model, None, self.ctx.comm, "after finalize")
         return model
 
 
-def attach(model: nn.Module, methods: Sequence[object], stage: str = "") -> Session:
-    """Start a compression session on ``model`` (see ``Session``)."""
-    return Session(model, methods, stage)
+def attach(
+    model: nn.Module, methods: Sequence[object], stage: str = "", verify: bool = False
+) -> Session:
+    """Start a compression session on ``model`` (see ``Session``); a DDP-wrapped model is
+    unwrapped, so methods select layers by their plain names (no ``module.`` prefix)."""
+    return Session(model, methods, stage, verify)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a ``DistributedDataParallel`` wrapper (else ``model``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _restored(current: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:

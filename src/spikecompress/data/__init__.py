@@ -12,6 +12,7 @@ from spikecompress.data.api import (
     DataConfig,
     check_data,
     check_memory,
+    check_shards,
     load_data,
 )
 from spikecompress.data.common import Arrays, DataError, cache_dir
@@ -31,7 +32,7 @@ from spikecompress.data.local import cifar_arrays, mnist_family_arrays, npz_arra
 
 __all__ = [
     "DATASETS", "EVENT_DATASETS", "NMNIST_DTYPE", "SENSOR_SIZE", "Arrays", "Data", "DataConfig",
-    "check_data", "check_memory",
+    "check_data", "check_memory", "check_shards",
     "DataError", "Loader", "PackedEvents", "cache_dir", "cifar_arrays", "digits_arrays",
     "event_digits_arrays", "event_digits_events", "event_digits_packed", "generate_events",
     "load_data", "mnist1d_arrays", "mnist_family_arrays", "npz_arrays", "read_idx", "to_frames",

@@ -287,11 +287,29 @@ def _check_unit_range(cfg: DataConfig, *arrays: np.ndarray) -> None:
                         f"[{lo:.4g}, {hi:.4g}] (rescale it, or use another encoding)")
 
 
-def load_data(cfg: DataConfig) -> Data:
+def check_shards(cfg: DataConfig, rank: int, world_size: int) -> None:
+    """The global batch must split evenly over the processes (one line naming both)."""
+    if not (_is_int(world_size) and world_size >= 1 and _is_int(rank) and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, "
+                         f"world_size={world_size!r}")
+    if cfg.batch_size % world_size:
+        raise ValueError(f"data.batch_size {cfg.batch_size} is not divisible by the "
+                         f"{world_size} processes of this run: batch_size is the global batch, "
+                         f"split evenly across processes (use a multiple of {world_size})")
+
+
+def load_data(cfg: DataConfig, rank: int = 0, world_size: int = 1) -> Data:
     """Load ``cfg.name`` (offline: generated, cached or read from local files) and wrap it in a
     shuffling train Loader and an ordered test Loader yielding (x_seq [T, B, ...] float32,
     y [B] int64). Raises DataError (one line, naming the file or setting) for missing or corrupt
-    data, and for a T or batch size the machine's memory cannot hold, before allocating."""
+    data, and for a T or batch size the machine's memory cannot hold, before allocating.
+
+    Distributed runs: ``cfg.batch_size`` is the *global* batch. Process ``rank`` of
+    ``world_size`` trains on its own shard of every epoch's shuffled order (train and holdout
+    loaders) in batches of ``batch_size / world_size``, so one optimizer step sees the same
+    samples as a one-process step of ``batch_size`` (see ``Loader``); the test loader is whole on
+    every rank. A batch size the processes cannot split evenly is refused by name."""
+    check_shards(cfg, rank, world_size)
     check_data(cfg)
     arrays = DATASETS[cfg.name](cfg)
     x_train, y_train = arrays.x_train, arrays.y_train
@@ -316,8 +334,11 @@ def load_data(cfg: DataConfig) -> Data:
     def loader(x: np.ndarray, y: np.ndarray, train: bool) -> Loader:
         x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         y_t = torch.from_numpy(np.asarray(y, dtype=np.int64))
-        return Loader(x_t, y_t, cfg.T, cfg.batch_size, shuffle=train, encoding=encoding,
-                      seed=cfg.seed)
+        if not train:
+            return Loader(x_t, y_t, cfg.T, cfg.batch_size, shuffle=False, encoding=encoding,
+                          seed=cfg.seed)
+        return Loader(x_t, y_t, cfg.T, cfg.batch_size // world_size, shuffle=True,
+                      encoding=encoding, seed=cfg.seed, rank=rank, world_size=world_size)
 
     sample_shape = tuple(x_train.shape[2:] if cfg.is_events else x_train.shape[1:])
     return Data(

@@ -67,7 +67,8 @@ class TrainConfig:
     ``loss="ce"``: cross-entropy of the time-averaged logits ``CE(mean_t out[t], y)``;
     ``loss="tet"``: the TET loss of Deng et al. 2022, ``mean_t CE(out[t], y)``, which trains every
     prefix of T to classify. ``checkpoint_every``: steps between mid-epoch checkpoints (0: only at
-    the end of each epoch).
+    the end of each epoch). ``sync_batchnorm``: in a distributed run, BatchNorm normalises with
+    the statistics of the global batch (all ranks' shards) instead of each rank's own.
     """
 
     epochs: int = 10
@@ -81,6 +82,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False
     checkpoint_every: int = 0
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -92,8 +94,9 @@ class TrainConfig:
         self.momentum = check_momentum(self.momentum)
         check_count("seed", self.seed, 0, MAX_SEED)
         check_count("checkpoint_every", self.checkpoint_every, 0)
-        if not isinstance(self.amp, bool):
-            raise ValueError(f"amp must be true or false, got {self.amp!r}")
+        for name in ("amp", "sync_batchnorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_device(self.device)
 
     def to_dict(self) -> dict:
