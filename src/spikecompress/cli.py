@@ -1,7 +1,9 @@
 """Command line: ``spikecompress run | train | eval | measure | report | list | demo``.
 
-Errors a user can cause (bad argument, unknown model or dataset, missing file, corrupt checkpoint)
-print one line ``spikecompress: error: ...`` and exit with code 2.
+Errors a user can cause (bad argument, unknown model or dataset, missing file, corrupt checkpoint,
+a distributed group that never forms) print one line ``spikecompress: error: ...`` and exit with
+code 2. ``run``, ``train`` and ``demo`` also run under ``torchrun`` (one process per rank, see
+``spikecompress.train.distributed``); the other commands run in one process.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import sys
 
 from spikecompress._version import __version__
 from spikecompress.run import commands
+from spikecompress.train.distributed import env_world, shutdown
+
+DISTRIBUTED_COMMANDS = ("run", "train", "demo")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +68,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_sync_bn(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="spikecompress", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"spikecompress {__version__}")
@@ -81,11 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: $THREADS)")
     p.add_argument("--device", default="cpu", help="train on cpu | cuda[:N] (measured on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_sync_bn(p)
 
     p = sub.add_parser("train", help="train a model and write checkpoint + metrics.json to --out")
     _add_train_args(p)
     _add_data_args(p)
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+    _add_sync_bn(p)
 
     _add_folder_parsers(sub)
     sub.add_parser("list", help="list recipes, methods, models, datasets, neurons, encodings")
@@ -134,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; a user's error prints one line and returns 2."""
     try:
         args = build_parser().parse_args(argv)
+        if args.command not in DISTRIBUTED_COMMANDS and env_world().world_size > 1:
+            raise UsageError(f"{args.command} runs in one process: start it without torchrun")
         return commands.COMMANDS[args.command](args)
     except commands.USER_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"spikecompress: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()

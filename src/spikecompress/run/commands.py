@@ -25,11 +25,12 @@ from spikecompress.run.train_command import check_device, model_spec_for, train
 from spikecompress.snn import ENCODERS, NEURONS, SURROGATES
 from spikecompress.train import TrainConfig, set_threads
 from spikecompress.train.checkpoint import CheckpointError
+from spikecompress.train.distributed import DistributedError, env_world
 
 # errors a user can cause: the CLI prints their first line and exits with code 2
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, FileNotFoundError, CheckpointError, PermissionError, IsADirectoryError,
-    NotADirectoryError, FileExistsError,
+    NotADirectoryError, FileExistsError, DistributedError,
 )
 
 
@@ -40,7 +41,10 @@ def run_recipe(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides=args.set)
     out = check_out_dir(args.out or Path("runs") / Path(args.recipe).stem, "--out")
     check_device(TrainConfig(device=args.device).device)
-    result = stages.run_recipe(recipe, out, verbose=not args.quiet, device=args.device)
+    result = stages.run_recipe(recipe, out, verbose=not args.quiet, device=args.device,
+                               sync_batchnorm=args.sync_batchnorm)
+    if env_world().rank != 0:  # rank 0 speaks for the run
+        return 0
     print_comparison(result["stages"], title=f"{args.recipe} → {out} (per test sample)")
     if args.quiet:  # otherwise the runner has said it
         print(f"wrote {result['artifact']}, {out / 'metrics.json'} and {result['report']}")
@@ -95,7 +99,7 @@ def demo(args: argparse.Namespace) -> int:
     QAT (the shipped ``magnitude_qat`` recipe) → before/after table, artifact and report."""
     ns = argparse.Namespace(
         recipe="magnitude_qat", set=[], out=args.out, threads=args.threads, quiet=False,
-        device="cpu",
+        device="cpu", sync_batchnorm=False,
     )
     return run_recipe(ns)
 

@@ -20,6 +20,12 @@ The methods are attached *before* the Trainer resumes, so their parametrization 
 weights as an uninterrupted one. Every stage after the first starts from the previous stage's
 saved artifact (in memory or after a restart alike), so both paths see the same model.
 
+Distributed (under ``torchrun``, ``train.distributed``): every rank runs this same function. All
+ranks check and load their data shard; rank 0 alone writes (recipe.effective.yaml, checkpoints,
+artifacts, metrics, the report) while the others wait at a barrier where they would read what it
+wrote; every rank measures the finalized model (the same model: the figures agree), so none waits
+for a long measurement. Every rank resumes from the same checkpoint.
+
 This is the CLI's runner and sits above ``train`` and ``report``.
 """
 
@@ -35,7 +41,7 @@ from torch import nn
 
 from spikecompress.atomic import atomic_writer
 from spikecompress.compress.session import attach
-from spikecompress.data import load_data
+from spikecompress.data import check_shards, load_data
 from spikecompress.export import load, save
 from spikecompress.export.artifact import SPEC_FILE, TENSOR_FILE
 from spikecompress.measurement.metrics import measure
@@ -46,6 +52,7 @@ from spikecompress.run.recipe import Recipe, Stage, stage_model, stage_ref
 from spikecompress.run.recipe_files import check_run, dump_yaml, parse_yaml
 from spikecompress.train import TrainConfig, Trainer, seed_everything
 from spikecompress.train.checkpoint import POINTER, atomic_write_json, read_pointer
+from spikecompress.train.distributed import World, barrier, env_world, init_distributed
 from spikecompress.train.progress import printer
 
 
@@ -57,40 +64,54 @@ class _Run:
     out: Path
     device: str
     verbose: bool
+    world: World = field(default_factory=World)
+    sync_batchnorm: bool = False
     inits: dict[int, nn.Module] = field(default_factory=dict)  # stage -> its ``init``'s model
     data: dict = field(default_factory=dict)  # T -> Data: each stage runs at its own T
 
-    def say(self, text: str) -> None:  # progress (silent unless verbose)
-        printer(self.verbose)(text)
+    def say(self, text: str) -> None:  # progress (silent unless verbose; rank 0 only)
+        printer(self.verbose and self.world.is_main)(text)
 
-    def note(self, text: str) -> None:  # where a run resumes: always said
-        printer()(text)
+    def note(self, text: str) -> None:  # where a run resumes: always said (by rank 0)
+        printer(self.world.is_main)(text)
 
 
 def run_recipe(
-    recipe: Recipe, out_dir: str | Path, verbose: bool = True, device: str = "cpu"
+    recipe: Recipe, out_dir: str | Path, verbose: bool = True, device: str = "cpu",
+    sync_batchnorm: bool = False,
 ) -> dict:
     """Run every stage of ``recipe`` into ``out_dir`` (resuming what a killed run left).
 
     ``device``: where the stages train ("cpu", "cuda", "cuda:N"); every finalized model is moved
-    to the CPU, saved and measured there. Before any training: every stage's data at its T and
-    ``init`` are checked (``recipe_files.check_run``), the data of every stage still to run is
-    loaded, and each ``init`` that exists already is checked against its stage's data.
+    to the CPU, saved and measured there. Under ``torchrun`` this joins the process group (see
+    the module docstring; "cuda" becomes each rank's local GPU); ``sync_batchnorm``: BatchNorm
+    over the global batch in every stage (``TrainConfig.sync_batchnorm``). Before any training:
+    every stage's data at its T and ``init`` are checked (``recipe_files.check_run``), the data
+    of every stage still to run is loaded, and each ``init`` that exists already is checked
+    against its stage's data.
 
     Returns ``{"stages": {stage name: metrics}, "metrics": final metrics, "artifact": path,
     "report": path of report.md}``.
     """
-    run = _Run(recipe, Path(out_dir), device, verbose)
+    world = env_world()
+    for stage in recipe.stages:  # before waiting for the other processes
+        check_shards(stage_data(recipe, stage), world.rank, world.world_size)
+    world, device = init_distributed(device)
+    run = _Run(recipe, Path(out_dir), device, verbose, world, sync_batchnorm)
     effective = _prepare(run)
     results: dict[str, dict] = {}
     for i, stage in enumerate(recipe.stages):
         results[stage.name] = _do_stage(run, i)
     final = run.out / "artifact"
-    _copy_artifact(_stage_dir(run.out, len(recipe.stages) - 1, recipe.stages[-1]) / "artifact",
-                   final)
     metrics = results[recipe.stages[-1].name]
-    atomic_write_json(run.out / "metrics.json", metrics)
-    md, _ = write_report(results, run.out / "report", recipes=dict.fromkeys(results, effective))
+    md = run.out / "report" / "report.md"
+    if world.is_main:
+        last = _stage_dir(run.out, len(recipe.stages) - 1, recipe.stages[-1])
+        _copy_artifact(last / "artifact", final)
+        atomic_write_json(run.out / "metrics.json", metrics)
+        md, _ = write_report(results, run.out / "report",
+                             recipes=dict.fromkeys(results, effective))
+    barrier()
     run.say(f"wrote {final}, {run.out / 'metrics.json'} and {md}")
     return {"stages": results, "metrics": metrics, "artifact": str(final), "report": str(md)}
 
@@ -101,6 +122,7 @@ def _prepare(run: _Run) -> str:
     recipe, out = run.recipe, run.out
     check_run(recipe, out)
     state = _out_state(recipe, out)
+    barrier()  # every rank has read the folder before rank 0 writes into it
     todo = [i for i, s in enumerate(recipe.stages)
             if state != "resume" or not _stage_done(_stage_dir(out, i, s))]
     run.inits = {i: load_init(recipe.stages[i].init, f"stages.{i}.init") for i in todo
@@ -112,13 +134,16 @@ def _prepare(run: _Run) -> str:
     if state == "replace":
         run.note(f"{out}: replacing the unfinished start of another recipe (no stage of it had "
                  "finished)")
-        shutil.rmtree(out / "stages", ignore_errors=True)
+        if run.world.is_main:
+            shutil.rmtree(out / "stages", ignore_errors=True)
     elif state == "resume":
         run.note(f"resuming the run in {out}")
         return (out / EFFECTIVE).read_text()
     effective = effective_text(recipe, run.inits)
-    with atomic_writer(out / EFFECTIVE) as f:
-        f.write(effective.encode())
+    if run.world.is_main:
+        with atomic_writer(out / EFFECTIVE) as f:
+            f.write(effective.encode())
+    barrier()
     return effective
 
 
@@ -167,6 +192,7 @@ def _run_stage(
         loss=stage.loss,
         seed=recipe.seed,
         device=run.device,
+        sync_batchnorm=run.sync_batchnorm,
     )
     config = stage_data(recipe, stage)
     meta = {"data": asdict(config), "stage": stage.name, "recipe": recipe.to_dict()}
@@ -175,7 +201,10 @@ def _run_stage(
                       meta={"model": model.spec, **meta}, verbose=run.verbose)
     fit = trainer.fit()
     model = session.finalize().cpu()
-    artifact = save(model, stage_dir / "artifact", meta={"T": config.T, **meta})
+    artifact = stage_dir / "artifact"
+    if run.world.is_main:
+        save(model, artifact, meta={"T": config.T, **meta})
+    barrier()  # the artifact is on disk for every rank (measured, and the next stage's input)
     run.say(f"{head}: measuring the finalized model (accuracy, SOPs, energy, latency) ...")
     metrics = measure(model, data, artifact=artifact).to_dict()
     metrics.update(
@@ -188,7 +217,11 @@ def _run_stage(
             "history": fit["history"],
         },
     )
-    atomic_write_json(stage_dir / "metrics.json", metrics)
+    if "distributed" in fit:
+        metrics["train"]["distributed"] = fit["distributed"]
+    if run.world.is_main:
+        atomic_write_json(stage_dir / "metrics.json", metrics)
+    barrier()  # no rank reads this stage as unfinished once rank 0 has committed it
     return metrics
 
 
@@ -251,7 +284,7 @@ def _load_stage_data(run: _Run, todo: list[int]) -> None:
         config = stage_data(run.recipe, run.recipe.stages[i])
         if config.T not in run.data:
             run.say(f"loading {config.name} (T={config.T}) ...")
-            run.data[config.T] = load_data(config)
+            run.data[config.T] = load_data(config, run.world.rank, run.world.world_size)
 
 
 def _check_init_fits(run: _Run, index: int, model: nn.Module) -> None:

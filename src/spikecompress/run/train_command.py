@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from spikecompress.data import DATASETS, DataConfig, check_data, load_data
+from spikecompress.data import DATASETS, DataConfig, check_data, check_shards, load_data
 from spikecompress.export import save
 from spikecompress.models import MODELS, from_spec
 from spikecompress.report.tables import print_firing_rates
@@ -22,6 +22,7 @@ from spikecompress.run.folders import check_out_dir
 from spikecompress.snn.neuron import NEURONS
 from spikecompress.train import TrainConfig, Trainer, seed_everything, set_threads
 from spikecompress.train.checkpoint import POINTER, atomic_write_json, read_pointer
+from spikecompress.train.distributed import barrier, env_world, init_distributed
 from spikecompress.train.progress import printer
 
 # Adam learning rates that train the default model well in a few epochs (benchmarks/); others 1e-3
@@ -79,6 +80,7 @@ def train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
         device=args.device,
         amp=args.amp,
         checkpoint_every=args.checkpoint_every,
+        sync_batchnorm=args.sync_batchnorm,
     )
 
 
@@ -109,19 +111,24 @@ def resume_note(out: Path, epochs: int) -> str | None:
 
 
 def train(args: argparse.Namespace) -> int:
-    """``spikecompress train``: check, load the data, train (resuming), save and report."""
+    """``spikecompress train``: check, load the data, train (resuming), save and report. Under
+    torchrun every rank trains its shard and rank 0 writes (``train.distributed``)."""
     set_threads(args.threads)
     out = check_out_dir(args.out, "--out")
     data_cfg = data_config(args)
     cfg = train_config(args, data_cfg.name)
     check_device(cfg.device)
     check_model_names(args.model, args.neuron)
-    say, note = printer(not args.quiet), resume_note(out, cfg.epochs)
+    check_shards(data_cfg, env_world().rank, env_world().world_size)
+    world, device = init_distributed(cfg.device)
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "device": device})
+    main = world.is_main
+    say, note = printer(not args.quiet and main), resume_note(out, cfg.epochs)
     if note:
-        printer()(note)
+        printer(main)(note)
     check_data(data_cfg)
     say(f"loading {data_cfg.name} (T={data_cfg.T}) ...")
-    data = load_data(data_cfg)
+    data = load_data(data_cfg, world.rank, world.world_size)
     seed_everything(args.seed)
     model = from_spec(model_spec_for(args.model, data, args.widths, args.neuron, not args.ann))
     lr_from = "--lr" if args.lr is not None else f"the default for {data_cfg.name}"
@@ -129,8 +136,12 @@ def train(args: argparse.Namespace) -> int:
     trainer = Trainer(model, data, cfg, out_dir=out, meta=meta, verbose=not args.quiet)
     metrics = trainer.fit()
     metrics["train"] = {**cfg.to_dict(), "lr_from": lr_from}
-    save(model, out / "artifact", meta={"T": args.T, "data": meta["data"]})
-    atomic_write_json(out / "metrics.json", metrics)
+    if main:
+        save(model, out / "artifact", meta={"T": args.T, "data": meta["data"]})
+        atomic_write_json(out / "metrics.json", metrics)
+    barrier()
+    if not main:
+        return 0
     print_firing_rates(metrics, title=f"{args.model} on {data_cfg.name}, T={args.T}")
     print(f"lr {cfg.lr:g} ({lr_from}), {cfg.epochs} epochs; wrote {out}")
     return 0

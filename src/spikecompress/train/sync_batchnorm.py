@@ -16,6 +16,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spikecompress.snn import BNTT1d, BNTT2d, BatchNorm1d, BatchNorm2d
+
+BNTT = (BNTT1d, BNTT2d)
+
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -24,6 +28,10 @@ def sync_batchnorm_(model: nn.Module) -> Callable[[], None]:
     unless several processes run); returns the undo function."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return lambda: None
+    for name, m in model.named_modules():
+        if isinstance(m, BNTT):
+            raise ValueError(f"sync_batchnorm: {name} is a BNTT layer (one BatchNorm per time "
+                             f"step), which it does not synchronise; train without it")
     norms = [m for m in model.modules() if isinstance(m, _NORMS) and not isinstance(
         m, nn.SyncBatchNorm)]
     for m in norms:
@@ -36,15 +44,40 @@ def sync_batchnorm_(model: nn.Module) -> Callable[[], None]:
     return undo
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks whose gradient is the sum over the ranks of the gradients (every rank's
+    loss depends on every rank's contribution to the global statistics)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 def _synced_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """The layer's forward with global statistics: our sequence layers (``snn.BatchNorm1d/2d``)
+    take x_seq [T, B, C, ...] and normalise over time and batch together, torch's take
+    [N, C, ...]."""
+    if not self.training:
+        return type(self).forward(self, x)
+    if isinstance(self, (BatchNorm1d, BatchNorm2d)):
+        return _global_norm(self, x.flatten(0, 1)).view_as(x)  # [T*B, C, ...] and back
+    return _global_norm(self, x)
+
+
+def _global_norm(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """Batch normalisation y = (x - μ) / sqrt(σ² + eps) · γ + β with μ, σ² (biased) over every
     rank's batch: two autograd-aware all-reduces (the sums, then the squared deviations), so the
     gradient flows through the global statistics as through local ones. Running statistics are
-    updated with the unbiased global variance, as nn.BatchNorm does locally."""
-    if not self.training:
-        return type(self).forward(self, x)
-    from torch.distributed.nn.functional import all_reduce
-
+    updated with the unbiased global variance, as nn.BatchNorm does locally. ``x``: [N, C, ...]."""
+    all_reduce = _AllReduceSum.apply
     C = x.shape[1]
     dims = [0, *range(2, x.dim())]  # every axis but the channels
     shape = [1, C] + [1] * (x.dim() - 2)  # [1, C, 1, ...] to broadcast per channel

@@ -88,7 +88,7 @@ class Trainer:
             session.bind(self.opt, self._lr_at, self.total_steps, self.steps_per_epoch,
                          cfg.loss)
         self.step, self.history = 0, []
-        self.progress = Progress(enabled=verbose and rank == 0)
+        self.progress = Progress(enabled=verbose and self.rank == 0)
         where = self.meta.get("stage") and f"stage {self.meta['stage']!r}"
         self.guard = DivergenceGuard(where or str(self.out_dir or "training"))
 

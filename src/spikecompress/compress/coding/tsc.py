@@ -38,6 +38,7 @@ from spikecompress.compress.coding.calibration import (
     ann_twin_spec,
     check_knobs,
     collector,
+    merge_pending_,
     percentiles,
 )
 from spikecompress.compress.method import Context
@@ -48,7 +49,8 @@ from spikecompress.models.tsc import plan, to_tsc
 class TSCConversion:
     """Convert the ANN twin to a TSC network with each neuron's threshold at the ``percentile``
     of its ReLU's positive activations; ``samples``: activations kept per ReLU; ``seed``: the
-    subsampling."""
+    subsampling. Distributed: each rank's batches wait until ``reduce_``, which keeps every
+    rank's in one order on every rank (``calibration.merge_pending_``)."""
 
     NAME: ClassVar[str] = "tsc"
     PAPER: ClassVar[str] = "Han & Roy, ECCV 2020 (Temporal-Switch Coding)"
@@ -64,6 +66,7 @@ class TSCConversion:
     evals_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     batches_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     hooks_: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _pending: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_knobs(self.percentile, self.samples, self.seed)
@@ -72,8 +75,12 @@ class TSCConversion:
         ann_twin_spec(model, self.NAME)
         names = plan(model).neurons
         relus = [(n, model.get_submodule(n)) for n in names]
-        self.hooks_ = [m.register_forward_hook(collector(self, n, i))
+        self.hooks_ = [m.register_forward_hook(collector(self, n, i, ctx))
                        for i, (n, m) in enumerate(relus)]
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Keep every rank's batches since the last step, in one order on every rank."""
+        merge_pending_(self, ctx.comm)
 
     def activations(self) -> dict[str, torch.Tensor]:
         """ReLU name → the positive activations kept (training-mode forwards when there were

@@ -46,6 +46,7 @@ from spikecompress.compress.coding.calibration import (
     percentiles,
     positive,
 )
+from spikecompress.compress.collectives import Collectives
 from spikecompress.compress.method import Context
 from spikecompress.models.ttfs import plan, to_ttfs
 from spikecompress.snn.losses import task_loss
@@ -59,7 +60,10 @@ class TTFSConversion:
     """Convert the ANN twin to a TTFS network at the end of the stage: ``schedule``
     "concurrent" (Rueckauer & Liu) or "layered" (``window`` steps per layer; null: the stage's T
     // (layers + 1)); activation scales at the ``percentile`` of each ReLU's positive activations,
-    from at most ``samples`` kept per ReLU (``seed``: their subsampling)."""
+    from at most ``samples`` kept per ReLU (``seed``: their subsampling). Distributed: every rank
+    draws its keys from its own stream (batch · world size + rank) and ``train_step`` keeps the
+    smallest keys of every rank's batch (gathered, in rank order), the same sample on every
+    rank."""
 
     NAME: ClassVar[str] = "ttfs"
     PAPER: ClassVar[str] = ("Rueckauer & Liu, ISCAS 2018 (snn_toolbox INI_ttfs); layered: "
@@ -109,7 +113,9 @@ class TTFSConversion:
         self.steps_ = int(x_seq.shape[0])
         relus = plan(model).neurons
         modules = dict(model.named_modules())
-        handles = [modules[n].register_forward_hook(self._keep(n, i)) for i, n in enumerate(relus)]
+        batch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        handles = [modules[n].register_forward_hook(self._record(batch, n, i, ctx.comm))
+                   for i, n in enumerate(relus)]
         was_training = model.training
         try:
             model.eval()  # BN on its running statistics, which stay as they are
@@ -119,25 +125,41 @@ class TTFSConversion:
             for h in handles:
                 h.remove()
             model.train(was_training)
+        self._keep(relus, ctx.comm.gather_object(batch))
         self.batches_ += 1
         return task_loss(out, y, ctx.task_loss).item(), out
 
-    def _keep(self, name: str, index: int):
+    def _record(self, batch: dict, name: str, index: int, comm: Collectives):
+        """A forward hook putting ReLU ``name``'s positive activations and their random keys in
+        ``batch`` (in a distributed run only its ``samples`` smallest keys: no other can be
+        kept, and the batch then travels to every rank)."""
+
         def hook(module, inputs, output) -> None:
-            # a generator per batch and ReLU, seeded by what came before: a resumed stage draws
-            # the same keys
-            gen = generator(self.seed, index, self.batches_)
+            # a generator per batch, rank and ReLU, seeded by what came before: a resumed stage
+            # draws the same keys
+            stream = self.batches_ * comm.world_size + comm.rank
             pos = positive(output)
-            keys = torch.rand(pos.numel(), generator=gen)
-            if name in self.values_:
-                pos = torch.cat([self.values_[name], pos])
-                keys = torch.cat([self.keys_[name], keys])
-            if pos.numel() > self.samples:
-                keep = torch.topk(keys, self.samples, largest=False).indices
-                pos, keys = pos[keep], keys[keep]
-            self.values_[name], self.keys_[name] = pos, keys
+            keys = torch.rand(pos.numel(), generator=generator(self.seed, index, stream))
+            if comm.distributed and pos.numel() > self.samples:
+                pos, keys = _smallest(pos, keys, self.samples)
+            batch[name] = (pos, keys)
 
         return hook
+
+    def _keep(self, relus: list[str], batches: list[dict]) -> None:
+        """Keep, per ReLU, the ``samples`` activations of smallest key among those kept so far
+        and the new ``batches`` (one per rank, in rank order): a uniform subsample of everything
+        seen."""
+        for name in relus:
+            new = [b[name] for b in batches if name in b]
+            if not new:
+                continue
+            kept = [(self.values_[name], self.keys_[name])] if name in self.values_ else []
+            pos = torch.cat([p for p, _ in kept + new])
+            keys = torch.cat([k for _, k in kept + new])
+            if pos.numel() > self.samples:
+                pos, keys = _smallest(pos, keys, self.samples)
+            self.values_[name], self.keys_[name] = pos, keys
 
     def thresholds(self) -> dict[str, float]:
         """ReLU name → its activation scale λ: the ``percentile`` of its positive activations
@@ -160,3 +182,9 @@ class TTFSConversion:
                                  f"stage's T")
         seen = self.thresholds()
         return to_ttfs(model, {n: seen.get(n, 1.0) for n in relus}, window)
+
+
+def _smallest(pos: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` entries of ``pos`` with the smallest ``keys``, and those keys."""
+    keep = torch.topk(keys, k, largest=False).indices
+    return pos[keep], keys[keep]

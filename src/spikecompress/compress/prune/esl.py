@@ -174,7 +174,10 @@ class ESLSNN:
     ``placement`` where the initial connections go; ``grow`` the regrowth criterion; ``rewire``
     the schedule (``update_every``, ``drop_fraction``, ``decay``, ``until``; missing keys take
     RigL's defaults); ``seed`` seeds the random graph and random growth. See the module docstring
-    for the formulas and for which parts are the paper's and which are ours.
+    for the formulas and for which parts are the paper's and which are ours. Distributed: the
+    masks follow the weights and generators seeded by (``seed``, event), the same on every rank;
+    the dense gradients gradient growth ranks by are each rank's own and are averaged over the
+    ranks in ``reduce_`` on a rewiring step (as DDP averages the weights' gradients).
     """
 
     NAME: ClassVar[str] = "esl"
@@ -238,6 +241,11 @@ class ESLSNN:
                 _original(m).mul_(mask)  # a connection grown later starts at 0
         tapped = self.targets_ if self.grow == "gradient" else []
         self.taps_ = [_GradTap(mask_of(m)) for m in tapped]
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """On a rewiring step, average the dense gradients the taps captured over the ranks."""
+        if Rewire(**self.rewire).is_event(ctx.step, ctx.progress):
+            ctx.comm.mean_(*(tap.grad for tap in self.taps_ if tap.grad is not None))
 
     def after_step(self, model: nn.Module, ctx: Context) -> None:
         plan = Rewire(**self.rewire)

@@ -23,7 +23,9 @@ the variance threshold and the data layout were not reachable; what follows is o
   0.5). The statistics are the training batches (train mode, as the model trains) of the steps
   with progress in (decide − ``collect``, decide], the deciding step included. Σx, Σxxᵀ (float64)
   and the row count are accumulated in runtime fields, so a killed and resumed stage ends with
-  the same statistics; covariance = (Σxxᵀ − n·μμᵀ) / (n − 1).
+  the same statistics; covariance = (Σxxᵀ − n·μμᵀ) / (n − 1). They are added in ``reduce_``
+  (before ``after_step``), the rows of every rank summed: a distributed run collects the rows
+  of the global batch.
 * width, by ``variance`` (τ, the paper's knob, unknown there): k = the smallest k whose
   cumulative explained variance (covariance eigenvalues in descending order, negatives clipped
   to 0) is ≥ τ, then at least ``min_width``; a group without variance keeps ``min_width``. The
@@ -63,6 +65,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from spikecompress.compress.collectives import Collectives
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.channel_mask import gate_channels_, ungate_
 from spikecompress.compress.prune.groups import channel_groups
@@ -174,6 +177,9 @@ class PCAWidth:
     ``init`` "inherit" (keep the highest-variance channels' weights and fine-tune them for the
     rest of the stage) or "scratch" (fresh weights of the new widths, the paper); ``min_width``
     the least a group keeps; ``seed`` seeds the scratch initialisation. See the module docstring.
+    Distributed: each step's Σx, Σxxᵀ and row count are summed over the ranks in ``reduce_``,
+    so the widths, the kept channels and the gates are chosen from the same
+    statistics on every rank.
     """
 
     NAME: ClassVar[str] = "pca_width"
@@ -196,6 +202,9 @@ class PCAWidth:
     decided_: bool = field(default=False, init=False, repr=False, compare=False)
     widths_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     kept_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # the step whose rows were added last: the Session's second reduce_ of a step (before
+    # finalize) adds nothing, also right after a resume
+    rows_step_: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.variance is not None and self.channel_sparsity is not None:
@@ -239,7 +248,7 @@ class PCAWidth:
         self.outer_ = {g.name: torch.zeros(g.size, g.size, **f64) for g in self.groups_}
         self.rows_ = {g.name: torch.zeros((), **f64) for g in self.groups_}
         self.masks_ = {g.name: torch.ones(g.size) for g in self.groups_}
-        self.decided_ = False
+        self.decided_, self.rows_step_ = False, 0
         if self.init == "inherit":
             for g in self.groups_:
                 gate_channels_(model, g, torch.ones(g.size))
@@ -248,10 +257,14 @@ class PCAWidth:
         self._record(model, True)
         self.widths_, self.kept_ = {}, {}
 
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """While collecting, add this step's Ū rows of every rank to the statistics."""
+        if ctx.step != self.rows_step_ and self._collects(ctx.progress):
+            self._accumulate(model, ctx.comm)
+            self.rows_step_ = ctx.step
+
     def after_step(self, model: nn.Module, ctx: Context) -> None:
-        """Add this step's Ū rows while collecting; choose the widths once ``decide`` is reached."""
-        if self._collects(ctx.progress):
-            self._accumulate(model)
+        """Choose the widths once ``decide`` is reached (from the rows ``reduce_`` added)."""
         if not self.decided_ and ctx.progress >= self.decision - _EPS:
             self._decide(model)
         total = ctx.total_steps
@@ -302,14 +315,19 @@ class PCAWidth:
             remove_channels_(model, remove)
         return model if self.init == "inherit" else fresh_model(model, self.seed)
 
-    def _accumulate(self, model: nn.Module) -> None:
+    def _accumulate(self, model: nn.Module, comm: Collectives) -> None:
+        """Add Σx, Σxxᵀ and the row count of this step's rows, summed over the ranks (a fold
+        into new tensors: a state_dict taken earlier keeps the old ones)."""
         modules = dict(model.named_modules())
+        adds = []
         for g in self.groups_:
             x = torch.cat([membrane_rows(modules[n]) for n in g.neurons])  # [N, C]
-            name = g.name
-            self.sum_[name] = self.sum_[name].to(x.device) + x.sum(0)
-            self.outer_[name] = self.outer_[name].to(x.device) + x.T @ x
-            self.rows_[name] = self.rows_[name].to(x.device) + x.shape[0]
+            rows = torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device)
+            adds += [(self.sum_, g.name, x.sum(0)), (self.outer_, g.name, x.T @ x),
+                     (self.rows_, g.name, rows)]
+        comm.sum_(*(local for _, _, local in adds))
+        for stats, name, local in adds:
+            stats[name] = stats[name].to(local.device) + local
 
     def _decide(self, model: nn.Module) -> None:
         """Choose the widths and which channels keep them; "inherit": switch the rest off."""

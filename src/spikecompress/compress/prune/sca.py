@@ -166,7 +166,10 @@ class SCA:
     fraction, not both; ``beta`` the regrown fraction; ``score`` one of SCORES; ``l1`` the code's
     L1 on conv weights; ``corrections`` our options (after_bn, dense_regrow, gradual, until,
     floor; missing keys take their defaults); ``include`` / ``exclude`` regexes on group names.
-    Needs ``session.bind(..., steps_per_epoch=...)``."""
+    Needs ``session.bind(..., steps_per_epoch=...)``. Distributed: the score sums and batch
+    counts each rank adds to are averaged over the ranks in ``reduce_`` (a step then adds the
+    ranks' mean batch score), and so are the dense γ-gradients the gates capture (the ∂L/∂γ of
+    the code's regrowth is a model gradient, averaged by DDP)."""
 
     NAME: ClassVar[str] = "sca"
     PAPER: ClassVar[str] = "Li et al., ICML 2024 (arXiv 2406.01072)"
@@ -261,6 +264,15 @@ class SCA:
                 if isinstance(m, CONVS) and math.prod(m.kernel_size) > 1:
                     total = total + m.weight.abs().sum()
         return self.l1 * total
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Average the statistics every rank moved by its own data: the score sums and batch
+        counts (agreed before the step, so their mean is the agreed value plus the ranks' mean
+        batch) and, with ``dense_regrow``, the γ-gradients the gates captured in the backward."""
+        names = self.neuron_names()
+        ctx.comm.mean_(*(self.sums_[n] for n in names), *(self.batches_[n] for n in names))
+        if self.corr.dense_regrow:
+            ctx.comm.mean_(*self._gate_grads(model))
 
     def after_step(self, model: nn.Module, ctx: Context) -> None:
         if not self.groups_:
@@ -393,3 +405,9 @@ class SCA:
                     grad = channel_rows(modules[n], gate.grad.detach().abs()).sum(0)  # on device
                     self.grads_[g.name] = self.grads_[g.name].to(grad.device) + grad
         self.grad_steps_ += 1
+
+    def _gate_grads(self, model: nn.Module) -> list[torch.Tensor]:
+        """The dense γ-gradients the pruned groups' gates captured in the last backward."""
+        modules = dict(model.named_modules())
+        gates = [gate_of(modules[n], "weight") for g in self.groups_ for n in g.bns]
+        return [gate.grad for gate in gates if gate is not None and gate.grad is not None]

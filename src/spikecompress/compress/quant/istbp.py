@@ -69,7 +69,8 @@ import torch
 from torch import nn
 
 from spikecompress.compress.method import Context
-from spikecompress.compress.quant.int_ops import bit_length, softmax_q12, stochastic_shift
+from spikecompress.compress.collectives import Collectives
+from spikecompress.compress.quant.int_ops import bit_length, shift, softmax_q12, stochastic_shift
 from spikecompress.compress.quant.istbp_lower import _lower
 from spikecompress.compress.quant.istbp_ops import (
     OUT_BITS,
@@ -101,6 +102,10 @@ class IntegerSTBP:
     surrogate's comparator window in units of the threshold; ``update``: "normalized" (per-tensor
     dynamic gradient exponent) or "sgd" (the exact gradient); ``lr_scale``: multiplies the
     loop's learning rate ``ctx.lr_at(step)``; ``seed``: of the stochastic rounding.
+    Distributed: ``train_step`` (no DDP: the integer network is not a float graph) sums every
+    rank's integer gradients exactly (aligned to the smallest exponent) and their number of
+    terms, so each rank rounds the same global gradient with the same generator state; the
+    input exponent is chosen on the first batch of every rank.
     """
 
     NAME: ClassVar[str] = "istbp"
@@ -170,11 +175,11 @@ class IntegerSTBP:
         if ctx.lr_at is None:
             raise ValueError("istbp: the learning rate comes from the training loop: call "
                              "Session.bind(optimizer, lr_at) first")
-        q = self.encode(x_seq) if x_seq.is_floating_point() else x_seq
+        q = self.encode(x_seq, ctx.comm) if x_seq.is_floating_point() else x_seq
         if y.is_floating_point() or y.dim() != 1 or y.shape[0] != q.shape[1]:
             raise ValueError(f"y must be integer labels [B] with B = {q.shape[1]}, got "
                              f"{tuple(y.shape)} {y.dtype}")
-        return self._step(q, y, ctx.lr_at(ctx.step) * self.lr_scale)
+        return self._step(q, y, ctx.lr_at(ctx.step) * self.lr_scale, ctx.comm)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, ctx: Context) -> None:
@@ -194,21 +199,32 @@ class IntegerSTBP:
         return [op for op in _flat(self._ops) if isinstance(op, _Neuron)]
 
     @torch.no_grad()
-    def encode(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def encode(self, x_seq: torch.Tensor, comm: Collectives | None = None) -> torch.Tensor:
         """The input boundary (the one float op): x → int8 codes round(x · 2^fx); fx is fixed on
-        the first batch (``input_exp_``), see the module docstring."""
+        the first batch (``input_exp_``), see the module docstring; with ``comm``, on the first
+        batch of every rank."""
         if not x_seq.is_floating_point():
             raise ValueError(f"x_seq: encode takes the float input, got {x_seq.dtype}")
         qmax = 2 ** (self.input_bits - 1) - 1
         if self.input_exp_ is None:
-            top = float(x_seq.abs().max())
-            if not math.isfinite(top):
-                raise ValueError("x_seq holds NaN or inf")
-            fmax = math.floor(math.log2(qmax / top)) if top > 0 else 0
-            exact = [f for f in range(fmax - 8, fmax + 1)
-                     if torch.equal(torch.round(x_seq * 2.0**f), x_seq * 2.0**f)]
-            self.input_exp_ = exact[0] if exact else fmax
+            self.input_exp_ = self._input_exponent(x_seq, qmax, comm or Collectives(group=None,
+                                                                                  local=True))
         return torch.round(x_seq * 2.0**self.input_exp_).clamp(-qmax, qmax).to(torch.int8)
+
+    def _input_exponent(self, x_seq: torch.Tensor, qmax: int, comm: Collectives) -> int:
+        """The smallest exponent that represents the batch (of every rank) exactly, else the
+        largest one whose codes fit ``qmax``."""
+        top = x_seq.abs().max().double().nan_to_num(math.inf).reshape(1)  # NaN reaches all
+        comm.max_(top)
+        if not math.isfinite(float(top)):
+            raise ValueError("x_seq holds NaN or inf")
+        fmax = math.floor(math.log2(qmax / float(top))) if float(top) > 0 else 0
+        tries = range(fmax - 8, fmax + 1)
+        inexact = torch.tensor([not torch.equal(torch.round(x_seq * 2.0**f), x_seq * 2.0**f)
+                                for f in tries], dtype=torch.int64)
+        comm.sum_(inexact)  # exact on every rank
+        exact = [f for f, bad in zip(tries, inexact.tolist(), strict=True) if not bad]
+        return exact[0] if exact else fmax
 
     def integer_forward(self, codes: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Integer inference: int8 codes [T, B, ...] → (logits int32 [T, B, classes], f), the
@@ -218,17 +234,37 @@ class IntegerSTBP:
         self._follow(codes.device)
         return _run(self, self._ops, (codes, self.input_exp_))
 
-    def _step(self, q: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, torch.Tensor]:
+    def _step(self, q: torch.Tensor, y: torch.Tensor, lr: float,
+              comm: Collectives) -> tuple[float, torch.Tensor]:
         out, f = self.integer_forward(q)
         T, B, K = out.shape
         p = softmax_q12(out.sum(0, dtype=torch.int64), f, T)  # [B, K], units 2^-12
         target = (y.unsqueeze(1) == torch.arange(K, device=y.device)).to(torch.int64) << 12
         g = (p - target).to(torch.int32)
         _back(self, self._ops, (g.unsqueeze(0).expand(T, B, K), -12), False)
-        self._update(lr, T * B)
+        self._update(lr, self._sum_grads(T * B, comm))
         p_y = p.gather(1, y.unsqueeze(1)).flatten().tolist()
         loss = sum(math.log(4096 / max(v, 1)) for v in p_y) / max(len(p_y), 1)
         return loss, out
+
+    def _sum_grads(self, count: int, comm: Collectives) -> int:
+        """Replace every synapse's gradient by its sum over the ranks, exactly: each rank shifts
+        its mantissas (int64) to the smallest exponent any rank has, then they are added;
+        returns the number of (step, sample) terms of all the ranks."""
+        syns = self.synapses()
+        exps = torch.tensor([-e for s in syns for e in (s.grad[1], s.grad[3])], dtype=torch.int64)
+        comm.max_(exps)  # minus the smallest exponent of every tensor
+        low = (-exps).tolist()
+        total = torch.tensor([count], dtype=torch.int64)
+        mantissas = [total]
+        for i, syn in enumerate(syns):
+            dw, ew, db, eb = syn.grad
+            dw = shift(dw.to(torch.int64), ew - low[2 * i])
+            db = None if db is None else shift(db.to(torch.int64), eb - low[2 * i + 1])
+            syn.grad = (dw, low[2 * i], db, low[2 * i + 1])
+            mantissas += [t for t in (dw, db) if t is not None]
+        comm.sum_(*mantissas)
+        return int(total)
 
     def _update(self, lr: float, count: int) -> None:
         gen = torch.Generator()  # on the CPU on every device: the same draws everywhere

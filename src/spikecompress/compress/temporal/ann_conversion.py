@@ -42,7 +42,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from spikecompress.compress.coding.calibration import ann_twin_spec, collector, percentiles
+from spikecompress.compress.coding.calibration import (
+    ann_twin_spec,
+    collector,
+    merge_pending_,
+    percentiles,
+)
 from spikecompress.compress.method import Context
 from spikecompress.models import from_spec
 
@@ -57,7 +62,9 @@ class ANNConversion:
     """Convert the ANN twin to an SNN with thresholds at the ``percentile`` of each layer's
     positive activations. ``neuron``: "if" (the papers) or "lif" (τ ``tau``), soft reset
     (``soft_reset``, the papers) or hard reset to 0; ``samples``: activations kept per layer;
-    ``seed``: the subsampling."""
+    ``seed``: the subsampling. Distributed: each rank's batches wait until ``reduce_``, which
+    keeps every rank's in one order on every rank (``calibration.merge_pending_``); the readers
+    are traced on a zero input."""
 
     NAME: ClassVar[str] = "ann_conversion"
     PAPER: ClassVar[str] = "Rueckauer et al. 2017; hybrid init of Chowdhury et al. (IJCNN 2021)"
@@ -76,6 +83,7 @@ class ANNConversion:
     batches_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     hooks_: list = field(default_factory=list, init=False, repr=False, compare=False)
     readers_: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _pending: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
@@ -95,8 +103,12 @@ class ANNConversion:
         if not relus:
             raise ValueError("ann_conversion: the model has no ReLU to convert")
         self.readers_ = spike_readers(model)
-        self.hooks_ = [m.register_forward_hook(collector(self, n, i, presample=True))
+        self.hooks_ = [m.register_forward_hook(collector(self, n, i, ctx, presample=True))
                        for i, (n, m) in enumerate(relus)]
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Keep every rank's batches since the last step, in one order on every rank."""
+        merge_pending_(self, ctx.comm)
 
     def activations(self) -> dict[str, torch.Tensor]:
         """ReLU name → the positive activations kept: those of training-mode forwards when there

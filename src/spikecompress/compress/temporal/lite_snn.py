@@ -171,7 +171,11 @@ class LiteSNN:
     (a fraction of the dense 32-bit cost at the input T), then fine-tune the derived network
     (module docstring). ``candidates``: {ratios, bits, steps}; ``mu``: the budget penalty;
     ``search``: the fraction of the stage spent searching; ``lr_scale``: the logits' lr factor;
-    ``repair``: make a derived configuration over budget fit greedily."""
+    ``repair``: make a derived configuration over budget fit greedily. Distributed: the logits'
+    gradients are averaged by the loop (``param_groups``); the running op counts ``ops_``, which
+    each rank moves by its own batch, are averaged over the ranks in ``reduce_`` (a linear moving
+    mean: the moving mean of the ranks' mean counts), so the derivation and its repair read the
+    same costs on every rank."""
 
     NAME: ClassVar[str] = "lite_snn"
     PAPER: ClassVar[str] = "Liu, Yan, Zhang, Pan, Li, IJCAI 2024 (arXiv 2401.14652)"
@@ -260,6 +264,11 @@ class LiteSNN:
     def _batch_ops(self, device) -> torch.Tensor:
         zero = torch.zeros((), dtype=torch.float64, device=device)
         return torch.stack([self._ops.get(i, zero).to(device) for i in range(len(self._mods))])
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Average the running op counts over the ranks while searching."""
+        if not self.derived_:
+            ctx.comm.mean_(self.ops_)
 
     def after_step(self, model: nn.Module, ctx: Context) -> None:
         """Derive once the search is over: after S = max(1, round(search · total_steps)) steps

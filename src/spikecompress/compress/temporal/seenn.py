@@ -115,7 +115,10 @@ class SEENN:
     """Spiking early exit: SEENN-I confidence exits or a SEENN-II policy network (module
     docstring). ``alpha``, ``score``, ``temperature``: SEENN-I's threshold, confidence and softmax
     temperature; ``policy``: SEENN-II's knobs (``PolicyKnobs``); ``freeze_snn``: keep the SNN
-    fixed while the policy trains."""
+    fixed while the policy trains. Distributed: the policy's gradients are averaged by the loop
+    (its ``param_groups``); the running baseline, which each rank moves by its own batch's mean
+    reward, is averaged over the ranks in ``reduce_`` (the moving mean is linear, so that is
+    the same moving mean of the ranks' mean rewards on every rank)."""
 
     NAME: ClassVar[str] = "seenn"
     PAPER: ClassVar[str] = "Li, Geller, Kim, Panda, NeurIPS 2023 (arXiv 2304.01230)"
@@ -205,6 +208,11 @@ class SEENN:
         self.baseline_ = (m * b + (1 - m) * mean).detach()
         self.updates_ += 1
         return b
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Average the running baseline over the ranks (policy mode)."""
+        if self.mode == "policy" and self.policy["baseline"] == "running" and self.updates_:
+            ctx.comm.mean_(self.baseline_)
 
     def finalize(self, model: nn.Module, ctx: Context) -> nn.Module:
         """Install the final exit policy (confidence: the α / score / τ module; policy: the
