@@ -54,7 +54,7 @@ def test_shards_of_a_global_batch_are_the_one_process_batch():
     for (_, y), (_, y0), (_, y1) in zip(whole.train, shards[0].train, shards[1].train,
                                         strict=True):
         assert y0.shape == y1.shape == (32,)
-        assert sorted((y0.tolist() + y1.tolist())) == sorted(y.tolist())
+        assert sorted(y0.tolist() + y1.tolist()) == sorted(y.tolist())
     assert len(shards[0].test) == len(whole.test)  # every rank evaluates the whole test set
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spikecompress.snn import BNTT1d, BNTT2d, BatchNorm1d, BatchNorm2d
+from spikecompress.snn import BatchNorm1d, BatchNorm2d, BNTT1d, BNTT2d
 
 BNTT = (BNTT1d, BNTT2d)
 
