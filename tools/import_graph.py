@@ -30,7 +30,7 @@ FLOORS = {
     "export": 4,
     "models": 3, "data": 3,
     "snn": 2,
-    "atomic": 1, "_version": 1, "errors": 1,
+    "atomic": 1, "_version": 1, "errors": 1, "collectives": 1,
 }
 
 # (importing module, imported module) pairs allowed inside a function, with the reason

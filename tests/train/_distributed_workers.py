@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spikecompress.compress.collectives import Collectives
+from spikecompress.collectives import Collectives
 from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
 from spikecompress.train import TrainConfig, Trainer

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from spikecompress.compress import METHODS, MagnitudePruning, attach
-from spikecompress.compress.collectives import Collectives, fingerprint
+from spikecompress.collectives import Collectives, fingerprint
 from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
 from spikecompress.train import TrainConfig, Trainer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from spikecompress.compress.collectives import Collectives, fingerprint
+from spikecompress.collectives import Collectives, fingerprint
 from spikecompress.compress.method import method_name
 
 # BatchNorm running statistics follow each rank's own shard between the Trainer's buffer syncs

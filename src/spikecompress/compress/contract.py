@@ -24,10 +24,12 @@ from torch import nn
 
 from spikecompress.compress.parametrize import is_plain
 from spikecompress.compress.prune.groups import channel_groups, select_groups
+from spikecompress.compress.registry import METHODS
 from spikecompress.compress.session import attach
 from spikecompress.compress.targets import select
 from spikecompress.export import load, save
 from spikecompress.measurement import measure
+from spikecompress.models import build
 from spikecompress.snn.layers import reset_state
 
 # the tiny models the contract suite runs every method on: build(classes=10, **TINY_MODELS[name])
@@ -47,9 +49,6 @@ def tiny_model(method_name: str, model_name: str, steps: int = 2) -> nn.Module:
     """The tiny ``model_name`` model the contract runs ``method_name`` on: the ANN twin for the
     conversion methods, built with the method's ``MODEL_OPTIONS`` (a BNTT student gets ``steps``
     BatchNorms, the data's T)."""
-    from spikecompress.compress.registry import METHODS
-    from spikecompress.models import build
-
     options = dict(getattr(METHODS[method_name], "MODEL_OPTIONS", {}))
     if options.get("norm") == "bntt":
         options["steps"] = steps

@@ -20,7 +20,7 @@ callable whose name looks like a misspelt hook):
 Distributed runs: DDP keeps the weights identical on every rank (same initial broadcast, averaged
 gradients). Anything a method computes from the weights alone therefore agrees by itself; anything
 it measures on data (activity, covariances, spike counts, rewards) or draws at random must be made
-to agree in ``reduce_`` (``spikecompress.compress.collectives``). The distributed contract suite
+to agree in ``reduce_`` (``spikecompress.collectives``). The distributed contract suite
 checks every registered method by comparing its state across two processes.
 
 ``KIND`` (a class attribute) places the method in the Session's fixed finalize order:
@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from spikecompress.compress.collectives import Collectives
+from spikecompress.collectives import Collectives
 
 KINDS = ("channels", "masks", "quant", "time", "loss")
 

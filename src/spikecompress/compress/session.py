@@ -11,7 +11,7 @@
 
 Under ``torchrun`` the same loop runs on every rank with the model wrapped in DDP; the Session
 calls each method's ``reduce_`` hook before its ``after_step`` and before ``finalize`` so the
-statistics a method acts on agree across ranks (``compress.collectives``). ``verify=True`` also
+statistics a method acts on agree across ranks (``spikecompress.collectives``). ``verify=True`` also
 checks after every step and after finalize that they do (``compress.agreement``).
 """
 

@@ -213,15 +213,22 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]
         ) from None
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"corrupt tensor file {path}: {_first_line(e)}") from None
-    _check_tensors(tensors, path)
+    _check_tensors(tensors, path, meta.get("world_size", 1))
     return tensors, meta
 
 
-def _check_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    rng = tensors.get("rng.cpu")
-    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
-        raise CheckpointError(f"corrupt tensor file {path}: it lacks the RNG state 'rng.cpu' "
-                              "(uint8, as torch.get_rng_state())")
+def _check_tensors(tensors: dict[str, torch.Tensor], path: Path, world_size: int) -> None:
+    """The RNG state of every rank (``rng.cpu``; ``rank<r>.rng.cpu`` when several processes
+    wrote it) and well-formed optimizer keys."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise CheckpointError(f"corrupt checkpoint for {path}: world_size {world_size!r} is not "
+                              "a number of processes")
+    keys = ["rng.cpu"] if world_size == 1 else [f"rank{r}.rng.cpu" for r in range(world_size)]
+    for key in keys:
+        rng = tensors.get(key)
+        if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            raise CheckpointError(f"corrupt tensor file {path}: it lacks the RNG state {key!r} "
+                                  "(uint8, as torch.get_rng_state())")
     for name in tensors:
         if name.startswith("opt."):
             _, pid, key = (name.split(".", 2) + ["", ""])[:3]

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spikecompress.compress.collectives import Collectives
+from spikecompress.collectives import Collectives
 
 TIMEOUT_ENV = "SPIKECOMPRESS_DIST_TIMEOUT"  # seconds to wait for every process (default 300)
 DEFAULT_TIMEOUT_S = 300.0
@@ -148,6 +148,9 @@ def wrap(
     caller averages their gradients itself."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return model, None
+    ignore = {id(p) for p in outside}
+    if not any(p.requires_grad and id(p) not in ignore for p in model.parameters()):
+        return model, TrafficCounter()  # a frozen model (a policy trained beside it): no DDP
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
@@ -155,7 +158,6 @@ def wrap(
     params = inspect.signature(DistributedDataParallel).parameters
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
                else {"broadcast_buffers": False})
-    ignore = {id(p) for p in outside}
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         model, [n for n, p in model.named_parameters() if id(p) in ignore])
     ddp = DistributedDataParallel(model, device_ids=ids, **no_sync)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from spikecompress.compress.collectives import Collectives
+from spikecompress.collectives import Collectives
 from spikecompress.measurement.accuracy import autocast, evaluate
 from spikecompress.snn.layers import reset_state
 from spikecompress.snn.losses import task_loss

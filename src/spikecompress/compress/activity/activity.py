@@ -81,7 +81,9 @@ class ActivityPenalty:
     "uniform", "neurons" or "fanout". ``layer_weights``: {regex: w ≥ 0}; a layer takes the
     weight of the one pattern its name fullmatches (two matches: an error), else the key
     ``"default"``, else 1; 0 leaves a layer out. ``target``: the rate r* (in the units of
-    ``per``) below which a layer is not penalised (None: off)."""
+    ``per``) below which a layer is not penalised (None: off).
+    Distributed: a loss term on each rank's own spikes (the layer weights come from the structure):
+    nothing of its own to agree."""
 
     NAME: ClassVar[str] = "activity"
     PAPER: ClassVar[str] = "Deng et al., IEEE TNNLS 2021 (arXiv 1911.00822)"

@@ -46,7 +46,7 @@ from spikecompress.compress.coding.calibration import (
     percentiles,
     positive,
 )
-from spikecompress.compress.collectives import Collectives
+from spikecompress.collectives import Collectives
 from spikecompress.compress.method import Context
 from spikecompress.models.ttfs import plan, to_ttfs
 from spikecompress.snn.losses import task_loss

@@ -31,7 +31,8 @@ from spikecompress.snn import BNTT
 
 @dataclass
 class BNTTDistillation(Distillation):
-    """Hinton KD into a BNTT student (see the module docstring)."""
+    """Hinton KD into a BNTT student (see the module docstring).
+    Distributed: a loss term against a frozen teacher: nothing of its own to agree."""
 
     NAME: ClassVar[str] = "bntt_kd"
     PAPER: ClassVar[str] = "Tran et al., CINE 2022"

@@ -42,7 +42,10 @@ SPIKING = tuple(NEURONS.values())
 
 @dataclass
 class KDSNN(Distillation):
-    """Response KD plus adapted feature KD (see the module docstring)."""
+    """Response KD plus adapted feature KD (see the module docstring).
+    Distributed: the loss terms follow the weights; the adapters, initialised from the global RNG
+    (which differs between the ranks in a later stage), are broadcast from rank 0 at attach and
+    their gradients averaged by the loop (``param_groups``)."""
 
     NAME: ClassVar[str] = "kdsnn"
     PAPER: ClassVar[str] = "Xu et al., CVPR 2023 (arXiv 2304.05627)"
@@ -64,6 +67,10 @@ class KDSNN(Distillation):
                     raise ValueError(f"features.{i} must be [student layer, teacher layer], got "
                                      f"{pair!r}")
             self.features = [list(p) for p in self.features]
+
+    def attach(self, model: nn.Module, ctx: Context) -> None:
+        super().attach(model, ctx)
+        ctx.comm.broadcast_(*self.adapters_)
 
     def _prepare(self, model: nn.Module, teacher: nn.Module) -> tuple[str, ...]:
         self.pairs_ = self._pairs(model, teacher)

@@ -30,7 +30,8 @@ from spikecompress.compress.method import Context
 
 @dataclass
 class KLDistillation(Distillation):
-    """Hinton's softened-output KL to a frozen teacher (see the module docstring)."""
+    """Hinton's softened-output KL to a frozen teacher (see the module docstring).
+    Distributed: a loss term against a frozen teacher: nothing of its own to agree."""
 
     NAME: ClassVar[str] = "kl_kd"
     PAPER: ClassVar[str] = "Takuya, Zhang & Nakashima, COOL CHIPS 2021"

@@ -38,7 +38,8 @@ from spikecompress.compress.method import Context
 
 @dataclass
 class SpikeDistillation(Distillation):
-    """Sliding-window spike-count loss to a frozen SNN teacher (see the module docstring)."""
+    """Sliding-window spike-count loss to a frozen SNN teacher (see the module docstring).
+    Distributed: a loss term against a frozen teacher: nothing of its own to agree."""
 
     NAME: ClassVar[str] = "spike_kd"
     PAPER: ClassVar[str] = "Kushawaha et al., ICPR 2020 (arXiv 2005.00288)"

@@ -68,6 +68,8 @@ class ADMMPruning(ADMMLoop):
 
     See the module docstring for the iteration, the coupling forms and the defaults' sources; the
     Z / U loop and the coupling loss are ``ADMMLoop``'s, with the top-k projection ``_project``.
+    Distributed: Z, U and the masks follow the weights alone and the activity term is a loss: they
+    agree by themselves under DDP.
     """
 
     NAME: ClassVar[str] = "admm"

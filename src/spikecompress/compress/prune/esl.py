@@ -176,8 +176,8 @@ class ESLSNN:
     RigL's defaults); ``seed`` seeds the random graph and random growth. See the module docstring
     for the formulas and for which parts are the paper's and which are ours. Distributed: the
     masks follow the weights and generators seeded by (``seed``, event), the same on every rank;
-    the dense gradients gradient growth ranks by are each rank's own and are averaged over the
-    ranks in ``reduce_`` on a rewiring step (as DDP averages the weights' gradients).
+    the dense gradients that ``grow="gradient"`` ranks by are each rank's own: ``reduce_``
+    averages them over the ranks on a rewiring step (as DDP averages the weights' gradients).
     """
 
     NAME: ClassVar[str] = "esl"

@@ -172,6 +172,8 @@ class GradR:
     (μ = ln(2(1 − s_target))/α, s_target ≥ 0.5; 0.95 when unset), used with ``alpha`` only;
     ``until``: the fraction of the stage at which a target's path reaches it. Read the sparsity
     with ``current_sparsity()``.
+    Distributed: θ and the signs are model tensors, and the prior's pull follows θ and the
+    optimizer's step counts, the same on every rank: it agrees by itself under DDP.
     """
 
     NAME: ClassVar[str] = "gradr"

@@ -75,7 +75,9 @@ class L1FilterPruning:
     """Remove the fraction ``channel_sparsity`` of the selected groups' channels with the
     smallest producer filter L1 norms, per group (``scope="layer"``) or globally on
     group-normalised scores (``"global"``), each group keeping at least a fraction ``floor``;
-    gated from progress ``begin`` to ``until``, removed at finalize."""
+    gated from progress ``begin`` to ``until``, removed at finalize.
+    Distributed: the scores are filter norms, weights alone: the gates agree by themselves under
+    DDP."""
 
     NAME: ClassVar[str] = "l1_filter"
     PAPER: ClassVar[str] = "Li et al., ICLR 2017 (Pruning Filters for Efficient ConvNets)"

@@ -114,6 +114,8 @@ class LATS:
     ``form``: "integral" | "sinp" | "lowfreq"; ``beta``: PGH homotopy factor (1 = LATS);
     ``start``: fraction of the stage before which d stays 0; ``straight_through=False``: plain
     autograd through the threshold (no regrowth; not the published method).
+    Distributed: the threshold follows θ, the step and the learning-rate schedule: it agrees by
+    itself under DDP.
     """
 
     NAME: ClassVar[str] = "lats"

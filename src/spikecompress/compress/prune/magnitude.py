@@ -31,6 +31,8 @@ class MagnitudePruning:
     ``until`` (fractions of the stage), ranking the current masked weights, so pruned weights
     stay pruned. Exactly ``round(sparsity · n)`` weights are zero at the end (ties broken by index),
     also when the stage ends before ``until`` (``finalize`` prunes the rest).
+    Distributed: the masks are a function of the weights alone, which DDP keeps identical: they
+    agree by themselves.
     """
 
     NAME: ClassVar[str] = "magnitude"

@@ -65,7 +65,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from spikecompress.compress.collectives import Collectives
+from spikecompress.collectives import Collectives
 from spikecompress.compress.method import Context
 from spikecompress.compress.prune.channel_mask import gate_channels_, ungate_
 from spikecompress.compress.prune.groups import channel_groups
@@ -177,9 +177,8 @@ class PCAWidth:
     ``init`` "inherit" (keep the highest-variance channels' weights and fine-tune them for the
     rest of the stage) or "scratch" (fresh weights of the new widths, the paper); ``min_width``
     the least a group keeps; ``seed`` seeds the scratch initialisation. See the module docstring.
-    Distributed: each step's Σx, Σxxᵀ and row count are summed over the ranks in ``reduce_``,
-    so the widths, the kept channels and the gates are chosen from the same
-    statistics on every rank.
+    Distributed: each step's Σx, Σxxᵀ and row count are summed over the ranks in ``reduce_``, so
+    the widths, the kept channels and the gates are chosen from the same statistics everywhere.
     """
 
     NAME: ClassVar[str] = "pca_width"

@@ -142,6 +142,8 @@ class SDSNN:
     many optimizer steps instead; ``scope``, ``floor``, ``begin``, ``until`` shape the target
     mode's pruning (the channel driver); ``include`` / ``exclude`` restrict the pruned layers.
     See the module docstring for the rules and our choices.
+    Distributed: ranges, streaks, masks and rates are functions of the weights at the checks (the BN
+    running statistics it resets are the loop's to synchronise): they agree by themselves under DDP.
     """
 
     NAME: ClassVar[str] = "sdsnn"

@@ -115,7 +115,8 @@ class NetworkSlimming:
     the fraction ``channel_sparsity`` of their channels with the smallest |γ| is gated off from
     progress ``begin`` to ``until`` (the same fraction of every group by default, one global
     threshold with ``scope="global"``; each group keeps at least a fraction ``floor``) and
-    removed at finalize. See the module docstring."""
+    removed at finalize. See the module docstring.
+    Distributed: the scores are |γ|, weights alone: the gates agree by themselves under DDP."""
 
     NAME: ClassVar[str] = "slimming"
     PAPER: ClassVar[str] = ("Liu et al., ICCV 2017 (network slimming), as transplanted to SNNs; "

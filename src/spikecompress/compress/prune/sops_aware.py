@@ -121,6 +121,9 @@ class SOPsAwarePruning:
     controlling λ, or the paper's fixed λ ``penalty``. Loss += λ · E during the first ``search``
     fraction of the stage (soft masks, β from ``beta[0]`` to ``beta[1]``), then hard masks while
     the weights fine-tune; the module docstring has the formulas, the calibration and the choices.
+    Distributed: the logits are the method's own parameters (``param_groups``), whose gradients the
+    loop averages over the ranks, so λ's calibration and controller read the same values on every
+    rank; the rest follows the weights: it agrees by itself.
     """
 
     NAME: ClassVar[str] = "sops_aware"

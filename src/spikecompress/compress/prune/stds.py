@@ -95,6 +95,8 @@ class STDS:
     schedule reaches D (default 0.5 under ``sparsity``, 1 under ``D``).
     ``straight_through=False`` switches to plain autograd through the threshold (the code's
     unpublished ``'st'`` mode: no gradient in the dead zone, no regrowth).
+    Distributed: the threshold follows θ (D_n an order statistic of it) and the step: it agrees by
+    itself under DDP.
     """
 
     NAME: ClassVar[str] = "stds"

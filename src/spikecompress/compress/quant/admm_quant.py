@@ -150,6 +150,8 @@ class ADMMQuantization(ADMMLoop):
     ``ADMMLoop``'s, with the per-layer grid projection ``_project``. After finalize every selected
     ``weight`` holds at most 2^b − 1 distinct values (2 at 1 bit, plus 0 where a mask pruned),
     each ``α_l · k``.
+    Distributed: Z, U, the scales and the grid follow the weights alone: they agree by themselves
+    under DDP.
     """
 
     NAME: ClassVar[str] = "admm_quant"

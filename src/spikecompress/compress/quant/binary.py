@@ -80,6 +80,8 @@ class BinaryWeights:
     layer is binarized anyway when it is the only one left (a one-hidden-layer MLP).
     ``include`` / ``exclude``: regexes, see ``targets.select``; the kept first / last layers are
     removed from what they select.
+    Distributed: the signs and scales follow the weights, the folded BN the running statistics the
+    loop synchronises before finalize: it agrees by itself under DDP.
     """
 
     NAME: ClassVar[str] = "binary"

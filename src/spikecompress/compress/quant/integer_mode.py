@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from spikecompress.collectives import Collectives
 from spikecompress.compress.quant.quantizers import WeightQuantizer
 from spikecompress.models.bn_fold import fold_batchnorm_
 from spikecompress.snn.integer import qmax
@@ -128,6 +129,13 @@ def install_(model: nn.Module, weight_bits: int, per_channel: bool, scale: str,
             n.register_buffer("membrane_scale", th * membrane_range / qmax(membrane_bits))
         n.grid_source = (layer,)
     return [layer for _, layer, _, _ in steps]
+
+
+def agree_input_scale_(layers: list[nn.Module], comm: Collectives) -> None:
+    """The first layer's input scale, calibrated on each rank's own first batch, set to the
+    largest over the ranks: the power of two one process finds on the union of those batches."""
+    comm.max_(*(layer.input_scale for layer in layers
+                if getattr(layer, "input_bits", None) is not None))
 
 
 @torch.no_grad()

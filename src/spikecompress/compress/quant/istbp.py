@@ -68,8 +68,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from spikecompress.collectives import Collectives
 from spikecompress.compress.method import Context
-from spikecompress.compress.collectives import Collectives
 from spikecompress.compress.quant.int_ops import bit_length, shift, softmax_q12, stochastic_shift
 from spikecompress.compress.quant.istbp_lower import _lower
 from spikecompress.compress.quant.istbp_ops import (
@@ -207,22 +207,23 @@ class IntegerSTBP:
             raise ValueError(f"x_seq: encode takes the float input, got {x_seq.dtype}")
         qmax = 2 ** (self.input_bits - 1) - 1
         if self.input_exp_ is None:
-            self.input_exp_ = self._input_exponent(x_seq, qmax, comm or Collectives(group=None,
-                                                                                  local=True))
+            self.input_exp_ = self._input_exponent(x_seq, qmax, comm)
         return torch.round(x_seq * 2.0**self.input_exp_).clamp(-qmax, qmax).to(torch.int8)
 
-    def _input_exponent(self, x_seq: torch.Tensor, qmax: int, comm: Collectives) -> int:
-        """The smallest exponent that represents the batch (of every rank) exactly, else the
-        largest one whose codes fit ``qmax``."""
+    def _input_exponent(self, x_seq: torch.Tensor, qmax: int, comm: Collectives | None) -> int:
+        """The smallest exponent that represents the batch (of every rank of ``comm``) exactly,
+        else the largest one whose codes fit ``qmax``."""
         top = x_seq.abs().max().double().nan_to_num(math.inf).reshape(1)  # NaN reaches all
-        comm.max_(top)
+        if comm is not None:
+            comm.max_(top)
         if not math.isfinite(float(top)):
             raise ValueError("x_seq holds NaN or inf")
         fmax = math.floor(math.log2(qmax / float(top))) if float(top) > 0 else 0
         tries = range(fmax - 8, fmax + 1)
         inexact = torch.tensor([not torch.equal(torch.round(x_seq * 2.0**f), x_seq * 2.0**f)
                                 for f in tries], dtype=torch.int64)
-        comm.sum_(inexact)  # exact on every rank
+        if comm is not None:
+            comm.sum_(inexact)  # exact on every rank
         exact = [f for f, bad in zip(tries, inexact.tolist(), strict=True) if not bad]
         return exact[0] if exact else fmax
 

@@ -41,7 +41,10 @@ from spikecompress.compress.quant.quantizers import check_bits
 
 @dataclass
 class MINT:
-    """Weights and membrane of every layer on one learned scale (see the module docstring)."""
+    """Weights and membrane of every layer on one learned scale (see the module docstring).
+    Distributed: the scales are model parameters trained through DDP; the input scale, which
+    each rank calibrates on its own first batch, is made the largest over the ranks in
+    ``reduce_`` (``integer_mode.agree_input_scale_``)."""
 
     NAME: ClassVar[str] = "mint"
     PAPER: ClassVar[str] = "Yin et al., ASP-DAC 2024 (arXiv 2305.09850)"
@@ -68,6 +71,10 @@ class MINT:
         self.layers_ = integer_mode.install_(
             model, self.weight_bits, False, "lsq", self.membrane_bits, None, self.input_bits,
             edge_bits=self.edge_bits, tanh=self.tanh, lsq_init="paper")
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Agree on the input scale calibrated on every rank's first batch."""
+        integer_mode.agree_input_scale_(self.layers_, ctx.comm)
 
     def shared_scales(self) -> list[nn.Parameter]:
         """The one scale Parameter per layer that its weights and its neuron's membrane use."""

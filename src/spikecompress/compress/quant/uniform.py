@@ -65,7 +65,10 @@ class UniformQuantization:
     ``targets.select``; with ``membrane_bits`` every layer is quantized). ``membrane_range``:
     the membrane grid spans ±membrane_range·V_th (>= 1: it must hold the threshold).
     ``input_bits``: bits of the network's quantized input (membrane mode). ``edge_bits``: bits of
-    the first and last layer (None: ``weight_bits``).
+    the first and last layer (None: ``weight_bits``). Distributed: the scales follow the weights
+    or are model parameters (LSQ) trained through DDP; in membrane mode the input scale, which
+    each rank calibrates on its own first batch, is made the largest over the ranks in
+    ``reduce_`` (``integer_mode.agree_input_scale_``).
     """
 
     NAME: ClassVar[str] = "uniform_quant"
@@ -117,6 +120,11 @@ class UniformQuantization:
             for m in self.targets_:
                 parametrize.register_parametrization(
                     m, "weight", WeightQuantizer(m.weight, bits[m], self.per_channel, self.scale))
+
+    def reduce_(self, model: nn.Module, ctx: Context) -> None:
+        """Membrane mode: agree on the input scale calibrated on every rank's first batch."""
+        if self.membrane_bits is not None:
+            integer_mode.agree_input_scale_(self.targets_, ctx.comm)
 
     def _bits(self, model: nn.Module) -> dict[nn.Module, int]:
         """Bits per target: ``edge_bits`` for the network's first and last conv / linear layer."""

@@ -156,6 +156,7 @@ class WeightSharing:
     exactly ``c[idx]``: at most ``clusters`` distinct non-zero values, zeros kept. Attach it after
     pruning has finished (a later stage, or a constant-schedule mask): weights pruned later leave
     their cluster, but the clusters were fitted on them.
+    Distributed: the clusters are fitted on the weights alone: they agree by themselves under DDP.
     """
 
     NAME: ClassVar[str] = "weight_sharing"

@@ -62,6 +62,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from spikecompress.collectives import Collectives
 from spikecompress.compress.method import Context
 from spikecompress.compress.search.evolution import (
     PAPER_LAMBDA,
@@ -105,7 +106,10 @@ def _count(name: str, value: object, low: int) -> int:
 class AutoSNN:
     """Spike-aware architecture search: supernet trained by uniform path sampling during the
     stage, evolutionary search at ``finalize`` with fitness Acc · (Spikes / S_ref)^λ, a fresh
-    ``autosnn_net`` of the winner returned. See the module docstring."""
+    ``autosnn_net`` of the winner returned. See the module docstring. Distributed: the supernet
+    trains in ``train_step``, outside DDP, with its gradients averaged over every rank's training
+    rows there; the held-out set gathers every rank's held-out rows in rank order; the paths and
+    the search are seeded, the same on every rank."""
 
     NAME: ClassVar[str] = "autosnn"
     PAPER: ClassVar[str] = "Na et al., ICML 2022 (arXiv 2201.12738)"
@@ -219,31 +223,37 @@ class AutoSNN:
     ) -> tuple[float, torch.Tensor]:
         """One supernet step on the batch's training rows along the path of this step; the
         held-out rows join the search set (their logits, in eval mode, fill the returned
-        out_seq [T, B, classes] for the loop's accuracy)."""
+        out_seq [T, B, classes] for the loop's accuracy). Distributed: a rank without training
+        rows takes part in the step with a zero gradient; no rank steps when none has any."""
         net = self.supernet(model)
         if ctx.optimizer is None or ctx.lr_at is None:
             raise ValueError("autosnn: the supernet trains with the loop's optimizer: call "
                              "Session.bind(optimizer, ...) first")
         keys = sample_keys(x_seq)
         held = torch.tensor([k < self.search_fraction * 2**63 for k in keys], dtype=torch.bool)
-        self._keep(x_seq, y, keys, held)
+        self._keep(x_seq, y, keys, held, ctx.comm)
         held = held.to(x_seq.device)
         net.set_arch(self.path(ctx.step, net.space))
         T, B = x_seq.shape[:2]
         out = x_seq.new_zeros(T, B, net.space.classes)
         loss_value = 0.0
-        opt, lr = ctx.optimizer, ctx.lr_at(ctx.step)
-        if bool((~held).any()):
+        rows = int((~held).sum())
+        every = torch.tensor([rows], dtype=torch.int64)
+        ctx.comm.sum_(every)  # the training rows of every rank
+        if int(every):
+            opt, lr = ctx.optimizer, ctx.lr_at(ctx.step)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
-            out_train = net(x_seq[:, ~held])
-            loss = task_loss(out_train, y[~held], ctx.task_loss)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if rows:
+                out_train = net(x_seq[:, ~held])
+                loss = task_loss(out_train, y[~held], ctx.task_loss)
+                loss.backward()
+                out[:, ~held] = out_train.detach().to(out.dtype)
+                loss_value = float(loss.detach())
+                reset_state(net)
+            _average_grads_(net, rows * ctx.comm.world_size / int(every), ctx.comm)
             opt.step()
-            out[:, ~held] = out_train.detach().to(out.dtype)
-            loss_value = float(loss.detach())
-            reset_state(net)
         if bool(held.any()):
             was = net.training
             net.eval()
@@ -294,21 +304,50 @@ class AutoSNN:
             crossovers=self.crossovers, top_k=self.top_k, lam=self.fitness_lambda,
             spikes_ref=self.spikes_ref, seed=self.seed)
 
-    def _keep(self, x_seq: torch.Tensor, y: torch.Tensor, keys: list[int],
-              held: torch.Tensor) -> None:
-        """Add the batch's held-out samples not kept yet, up to ``search_samples``."""
-        known = set(self.held_keys_.tolist())
-        new = []
-        for b in torch.nonzero(held).flatten().tolist():
-            if keys[b] not in known and len(known) < self.search_samples:
-                known.add(keys[b])
-                new.append(b)
-        if not new:
-            return
-        idx = torch.tensor(new)
+    def _keep(self, x_seq: torch.Tensor, y: torch.Tensor, keys: list[int], held: torch.Tensor,
+              comm: Collectives) -> None:
+        """Add the held-out samples of every rank's batch (rank order) not kept yet, up to
+        ``search_samples``."""
+        if self.held_keys_.numel() >= self.search_samples:
+            return  # full, on every rank alike: nothing to gather
+        rows = torch.nonzero(held).flatten().tolist()
+        idx = torch.tensor(rows, dtype=torch.int64)
         xs = x_seq.detach()[:, idx.to(x_seq.device)].transpose(0, 1).to("cpu", torch.float32)
         ys = y.detach()[idx.to(y.device)].to("cpu", torch.int64)
-        ks = torch.tensor([keys[b] for b in new], dtype=torch.int64)
-        self.held_x_ = xs if self.held_x_.numel() == 0 else torch.cat([self.held_x_, xs])
-        self.held_y_ = torch.cat([self.held_y_, ys])
-        self.held_keys_ = torch.cat([self.held_keys_, ks])
+        for batch in comm.gather_object((xs, ys, [keys[b] for b in rows])):
+            self._add(*batch)
+
+    def _add(self, xs: torch.Tensor, ys: torch.Tensor, keys: list[int]) -> None:
+        """Append the samples (xs [N, T, ...], ys [N]) whose key is not kept yet, up to
+        ``search_samples``."""
+        known = set(self.held_keys_.tolist())
+        new = []
+        for i, k in enumerate(keys):
+            if k not in known and len(known) < self.search_samples:
+                known.add(k)
+                new.append(i)
+        if not new:
+            return
+        pick = torch.tensor(new)
+        self.held_x_ = xs[pick] if self.held_x_.numel() == 0 else torch.cat([self.held_x_,
+                                                                             xs[pick]])
+        self.held_y_ = torch.cat([self.held_y_, ys[pick]])
+        self.held_keys_ = torch.cat([self.held_keys_,
+                                     torch.tensor([keys[i] for i in new], dtype=torch.int64)])
+
+
+def _average_grads_(net: nn.Module, weight: float, comm: Collectives) -> None:
+    """Make the supernet's gradients the mean over every rank's training rows: each rank's
+    gradient of its mean loss times ``weight`` (its share of the rows times the world size; 1 in
+    one process), averaged over the ranks. A parameter without a gradient on every rank keeps
+    none (the optimizer skips it, as in one process)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    got = torch.tensor([p.grad is not None for p in params])
+    comm.sum_(got)  # any rank
+    grads = []
+    for p, any_rank in zip(params, got.tolist(), strict=True):
+        if any_rank:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad.mul_(weight))
+    comm.mean_(*grads)

@@ -138,7 +138,9 @@ class SSNN:
     transformers (``transformer``: "mean", "learnable" or "max") at the cuts after ``split``
     ([] = automatic); early classifiers after every stage but the last, trained with
     ``early_weight`` · ``early_loss`` ("ce" or "tet"); ``T`` the stage-1 T (required by
-    "learnable"); ``seed`` for the heads' initialisation."""
+    "learnable"); ``seed`` for the heads' initialisation.
+    Distributed: the early heads (seeded) and a learnable transformer are model parameters that get
+    a gradient at every step, which DDP averages: they agree by themselves."""
 
     NAME: ClassVar[str] = "ssnn"
     PAPER: ClassVar[str] = "Ding, Zuo, Jing, He, Xiao, AAAI 2024 (arXiv 2401.01912)"

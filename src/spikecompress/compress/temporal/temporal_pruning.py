@@ -66,6 +66,8 @@ class TemporalPruning:
     ``leak_max``: the clamp of the leak (1 as in the paper: no growth of the membrane);
     ``min_threshold``: keeps thresholds positive; ``include`` / ``exclude``: regexes on neuron
     names (``targets.select``).
+    Distributed: thresholds and leaks are model parameters trained through DDP (the clamps follow
+    them): they agree by themselves.
     """
 
     NAME: ClassVar[str] = "temporal_pruning"

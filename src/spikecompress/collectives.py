@@ -61,7 +61,7 @@ class Collectives:
         draw, a search's pick)."""
         if not self.distributed:
             return
-        for flat, targets in _coalesced(tensors):
+        for flat, targets in _coalesced(tensors, self.group):
             dist.broadcast(flat, src=src, group=self.group)
             self.bytes_sent += flat.numel() * flat.element_size()
             _scatter_back(flat, targets)
@@ -84,21 +84,25 @@ class Collectives:
     def _reduce(self, tensors: tuple[torch.Tensor, ...], op) -> None:
         if not self.distributed:
             return
-        for flat, targets in _coalesced(tensors):
+        for flat, targets in _coalesced(tensors, self.group):
             dist.all_reduce(flat, op=op, group=self.group)
             self.bytes_sent += flat.numel() * flat.element_size()
             _scatter_back(flat, targets)
 
 
-def _coalesced(tensors):
+def _coalesced(tensors, group=None):
     """One flat buffer per (dtype, device) holding the tensors' values (bool travels as uint8,
-    which gloo reduces; its SUM becomes logical or on the way back)."""
+    which gloo reduces; its SUM becomes logical or on the way back). NCCL only moves CUDA
+    tensors: under it a CPU tensor (a method's counts) travels through the current GPU."""
+    cuda = dist.get_backend(group) == "nccl"
     groups: dict = {}
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)
-    for (dtype, _), ts in groups.items():
+    for (dtype, device), ts in groups.items():
         wire = torch.uint8 if dtype == torch.bool else dtype
         flat = torch.cat([t.detach().reshape(-1).to(wire) for t in ts])  # [sum of numels]
+        if cuda and device.type == "cpu":
+            flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
         yield flat, ts
 
 
@@ -107,7 +111,7 @@ def _scatter_back(flat: torch.Tensor, targets: list[torch.Tensor]) -> None:
     for t in targets:
         n = t.numel()
         part = flat[offset : offset + n].view(t.shape)
-        with torch.no_grad():
+        with torch.no_grad():  # copy_ also brings a value back from the GPU it travelled on
             t.copy_(part.bool() if t.dtype == torch.bool else part)
         offset += n
 
