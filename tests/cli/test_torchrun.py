@@ -86,7 +86,7 @@ def test_recipe_killed_mid_stage_resumes_to_the_uninterrupted_weights(tmp_path):
     b = load_file(tmp_path / "run" / "artifact" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["train"]["resumed"] and metrics["accuracy"] > 0.5
+    assert metrics["train"]["resumed"]
     assert metrics["train"]["distributed"]["world_size"] == 2
     assert metrics["train"]["distributed"]["gradient_bytes_per_step"] > 0
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes by one rank left no debris

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from spikecompress.compress import METHODS, MagnitudePruning, attach
 from spikecompress.collectives import Collectives, fingerprint
+from spikecompress.compress import METHODS, MagnitudePruning, attach
 from spikecompress.data import DataConfig, load_data
 from spikecompress.models import build
 from spikecompress.train import TrainConfig, Trainer

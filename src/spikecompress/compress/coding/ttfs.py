@@ -39,6 +39,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from spikecompress.collectives import Collectives
 from spikecompress.compress.coding.calibration import (
     ann_twin_spec,
     check_knobs,
@@ -46,7 +47,6 @@ from spikecompress.compress.coding.calibration import (
     percentiles,
     positive,
 )
-from spikecompress.collectives import Collectives
 from spikecompress.compress.method import Context
 from spikecompress.models.ttfs import plan, to_ttfs
 from spikecompress.snn.losses import task_loss
