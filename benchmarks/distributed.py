@@ -1,13 +1,14 @@
 """Distributed training (issue 20): SCA and Grad R recipes under 1 and 2 processes, side by side.
 
 Each row is one ``torchrun --nproc-per-node N -m spikecompress run <recipe>`` of a shipped recipe
-with shortened stages (``--set``), at the recipe's global batch (64: 32 per process under 2), each
-process on ``--threads`` torch threads; N = 1 and N = 2 run one after the other in this script.
-From the run's metrics.json: the final test accuracy, the mean wall time of a training epoch in
-the compression stage (the Trainer's ``epoch_s``: training only, evaluation excluded), and under
-2 processes the traffic each rank sends per optimizer step: DDP's gradient buckets (counted by its
-communication hook) and every other collective (the methods' ``reduce_``, the logged loss,
-buffer syncs). Rows stream to ``--out`` as JSON lines.
+as shipped (every stage at its full length) at the recipe's global batch (64: 32 per process
+under 2), each process on ``--threads`` torch threads, with or without ``--sync-batchnorm``; the
+runs of ``--runs`` go one after the other in this script. From the run's metrics.json: the final
+test accuracy, the mean wall time of a training epoch of the compression stage (the Trainer's
+``epoch_s``: training only, evaluation excluded), and under 2 processes the bytes each rank sends
+per optimizer step: DDP's gradient buckets (counted by its communication hook) and every other
+collective (the methods' ``reduce_``, the logged loss, buffer syncs). Rows stream to ``--out`` as
+JSON lines.
 
     python benchmarks/distributed.py --threads 1              # docs/distributed.jsonl
     python benchmarks/distributed.py --table docs/distributed.jsonl
@@ -25,23 +26,23 @@ import time
 from pathlib import Path
 
 ROOT = Path("runs/bench_dist")
-# recipe, its stages shortened (--set), the stage whose epochs are timed
-RECIPES = {
-    "sca": (["stages.0.epochs=15", "stages.1.epochs=10", "stages.2.epochs=5"], "sca"),
-    "gradr": (["stages.0.epochs=30", "stages.1.epochs=15"], "gradr"),
-}
+# recipe, overrides (--set), the stage whose epochs are timed
+RECIPES = {"sca": ([], "sca"), "gradr": ([], "gradr")}
 
 
-def run_one(recipe: str, procs: int, threads: int) -> dict:
+def run_one(recipe: str, procs: int, threads: int, sync_bn: bool, seed: int) -> dict:
     """One torchrun job; its figures."""
     sets, stage = RECIPES[recipe]
-    out = ROOT / f"{recipe}-{procs}"
+    sets = [*sets, f"seed={seed}"]
+    out = ROOT / f"{recipe}-{procs}{'-syncbn' if sync_bn else ''}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     cmd = [torchrun, "--nproc-per-node", str(procs), "-m", "spikecompress", "run", recipe,
            "--quiet", "--threads", str(threads), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
+    if sync_bn:
+        cmd.append("--sync-batchnorm")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     began = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -51,7 +52,8 @@ def run_one(recipe: str, procs: int, threads: int) -> dict:
     timed = json.loads((stage_dir / "metrics.json").read_text())["train"]
     epochs = [r["epoch_s"] for r in timed["history"]]
     traffic = timed.get("distributed", {})
-    return {"recipe": recipe, "processes": procs, "threads": threads,
+    return {"recipe": recipe, "processes": procs, "sync_batchnorm": sync_bn, "seed": seed,
+            "threads": threads,
             "accuracy": final["accuracy"], "stage": stage,
             "epoch_s": sum(epochs) / len(epochs), "job_s": wall,
             "gradient_bytes_per_step": traffic.get("gradient_bytes_per_step", 0.0),
@@ -60,15 +62,26 @@ def run_one(recipe: str, procs: int, threads: int) -> dict:
 
 
 def table(path: str) -> str:
+    """Per recipe and launch (processes, sync BN): accuracy per seed and its mean; the epoch time
+    of the seed-0 run (the runs timed side by side, on an otherwise idle machine) and its ratio
+    to one process; the traffic per step."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    lines = ["| recipe | processes | accuracy | epoch (s) | ratio to 1 process | gradient "
-             "bytes / step | other bytes / step |", "|---|---|---|---|---|---|---|"]
-    base = {r["recipe"]: r for r in rows if r["processes"] == 1}
+    runs: dict[tuple, list[dict]] = {}
     for r in rows:
-        ratio = r["epoch_s"] / base[r["recipe"]]["epoch_s"]
-        lines.append(f"| {r['recipe']} | {r['processes']} | {100 * r['accuracy']:.2f} % | "
-                     f"{r['epoch_s']:.2f} | {ratio:.2f} | {r['gradient_bytes_per_step']:,.0f} | "
-                     f"{r['other_bytes_per_step']:,.0f} |")
+        runs.setdefault((r["recipe"], r["processes"], r.get("sync_batchnorm", False)), []).append(r)
+    lines = ["| recipe | processes | accuracy by seed | mean | epoch (s) | ratio to 1 process | "
+             "gradient bytes / step | other bytes / step |", "|---|---|---|---|---|---|---|---|"]
+    epoch = {k: next(r["epoch_s"] for r in v if r.get("seed", 0) == 0) for k, v in runs.items()}
+    for (recipe, procs, sync), rs in runs.items():
+        rs = sorted(rs, key=lambda r: r.get("seed", 0))
+        accs = [100 * r["accuracy"] for r in rs]
+        by_seed = ", ".join(f"{a:.2f}" for a in accs)
+        ratio = epoch[recipe, procs, sync] / epoch[recipe, 1, False]
+        label = f"{procs}" + (" (sync BN)" if sync else "")
+        lines.append(f"| {recipe} | {label} | {by_seed} | {sum(accs) / len(accs):.2f} % | "
+                     f"{epoch[recipe, procs, sync]:.2f} | {ratio:.2f} | "
+                     f"{rs[0]['gradient_bytes_per_step']:,.0f} | "
+                     f"{rs[0]['other_bytes_per_step']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -76,6 +89,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--recipes", default="sca,gradr")
+    p.add_argument("--runs", default="1,2,2s",
+                   help="process counts to run; a trailing s: with --sync-batchnorm")
+    p.add_argument("--seeds", default="0", help="recipe seeds (init, shuffling) to run")
     p.add_argument("--out", default="docs/distributed.jsonl")
     p.add_argument("--table", default=None, help="print the Markdown table of a .jsonl")
     args = p.parse_args()
@@ -84,8 +100,10 @@ def main() -> None:
         return
     with open(args.out, "a") as f:
         for recipe in args.recipes.split(","):
-            for procs in (1, 2):
-                row = run_one(recipe, procs, args.threads)
+            for seed, run in ((int(s), r) for s in args.seeds.split(",")
+                              for r in args.runs.split(",")):
+                row = run_one(recipe, int(run.rstrip("s")), args.threads, run.endswith("s"),
+                              seed)
                 print(json.dumps(row), flush=True)
                 f.write(json.dumps(row) + "\n")
                 f.flush()

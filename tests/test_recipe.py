@@ -300,12 +300,18 @@ CASES = {name: [{"name": name, **FAST.get(name, {})}] for name in METHODS} | {
     "activity+magnitude": [{"name": "activity", "weighting": "fanout"},
                            {"name": "magnitude", "sparsity": 0.5, "schedule": "cubic"}],
 }
+# The default tier (under 5 minutes on 2 cores) resumes one method of each kind of state:
+# parametrizations (a composition), dual variables, activity sums and gates, covariances,
+# rewiring with its RNG, a policy and its rewards, a search, integer training, a calibration
+# reservoir, a loss with a pruning method. Every case runs in the slow tier (make test-all).
 # a frozen teacher and a loss, or a loss alone: nothing to checkpoint
 STATELESS = {"kl_kd", "spike_kd", "bntt_kd", "activity"}
+DEFAULT_TIER = {"magnitude+uniform_quant", "admm", "sca+corrections", "pca_width", "esl",
+                "seenn", "lite_snn", "istbp", "ttfs", "kl_kd+gradr"}
 
 
-@pytest.mark.parametrize("methods", [  # a stateless loss method alone: slow tier (its
-    pytest.param(m, marks=pytest.mark.slow) if name in STATELESS else m  # compositions stay)
+@pytest.mark.parametrize("methods", [
+    m if name in DEFAULT_TIER else pytest.param(m, marks=pytest.mark.slow)
     for name, m in CASES.items()], ids=list(CASES))
 def test_killed_stage_resumes_with_its_method_state_to_identical_weights(
     tmp_path, monkeypatch, methods

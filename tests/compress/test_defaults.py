@@ -44,11 +44,15 @@ def trained_bntt(data):
     return model
 
 
-# distillation methods beyond kl_kd share its machinery: slow tier (bntt_kd trains its own model)
-SLOW = {"spike_kd", "kdsnn", "bntt_kd"}
+# The default tier (under 5 minutes on 2 cores) checks one method of each family here; every
+# method runs in the slow tier (make test-all). Each method's defining behaviours and its
+# contract (tests/compress/test_contract.py) stay in the default tier.
+DEFAULT_TIER = {"magnitude", "gradr", "sca", "pca_width", "uniform_quant", "mint",
+                "temporal_pruning", "kl_kd", "activity"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+@pytest.mark.parametrize("name", [n if n in DEFAULT_TIER else
+                                  pytest.param(n, marks=pytest.mark.slow)
                                   for n in METHODS
                                   if n not in ("ann_conversion", "tsc", "ttfs", "autosnn")])
 def test_defaults_compress_a_trained_cnn_and_keep_its_accuracy(name, trained, data, request):

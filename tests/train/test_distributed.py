@@ -1,6 +1,6 @@
 """Distributed training: collectives, sharding, DDP against one process, SyncBatchNorm, the
 distributed contract (every method's state compared across 2 gloo processes), and the boundary
-errors. Whole-job tests under torchrun (SIGKILL resume, two nodes) are in test_torchrun.py."""
+errors. Whole-job tests under torchrun (SIGKILL resume, two nodes) are in tests/cli/test_torchrun.py."""
 
 import json
 import os
@@ -10,7 +10,9 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from _distributed_workers import train_mlp
 
+from spikecompress.cli import main
 from spikecompress.collectives import Collectives, fingerprint
 from spikecompress.compress import METHODS, MagnitudePruning, attach
 from spikecompress.data import DataConfig, load_data
@@ -19,7 +21,8 @@ from spikecompress.train import TrainConfig, Trainer
 from spikecompress.train.checkpoint import CheckpointError
 from spikecompress.train.distributed_contract import free_port, spawn
 
-WORKERS = "_distributed_workers"  # tests/train/_distributed_workers.py (on sys.path by pytest)
+# tests/train/_distributed_workers.py, on sys.path by pytest: spawned ranks import it by name
+WORKERS = "_distributed_workers"
 
 
 def test_collectives_are_identities_in_one_process():
@@ -66,7 +69,7 @@ def test_batch_that_the_processes_cannot_split_is_refused_by_name():
 def test_two_processes_train_like_one_at_the_same_global_batch():
     """SGD, direct coding, synchronised BatchNorm: each step's averaged shard gradients are the
     global batch's gradient, so the weights match the one-process run up to summation order."""
-    one = torch.tensor(spawn(f"{WORKERS}:train_mlp", (64, 1), 1)[0])
+    one = torch.tensor(train_mlp(64, 1))  # here, in one process
     r0, r1 = (torch.tensor(w) for w in spawn(f"{WORKERS}:train_mlp", (64, 1), 2))
     assert torch.equal(r0, r1)
     assert torch.allclose(r0, one, rtol=0, atol=1e-5)
@@ -94,21 +97,26 @@ def test_sync_batchnorm_is_batchnorm_over_the_global_batch():
     assert r0["var"] == r1["var"] and not r0["patched"]  # undone: the class's forward again
 
 
-def test_every_registered_method_agrees_across_two_processes():
+@pytest.fixture(scope="module")
+def contract():
+    """One spawn of 2 gloo processes runs the distributed contract on every registered method
+    and on a method that forgets ``reduce_``: rank 0's and rank 1's results."""
+    return spawn("spikecompress.train.distributed_contract:contract_worker",
+                 ([*METHODS, f"{WORKERS}:LocalActivity"], "conv_net"), 2, 120)
+
+
+def test_every_registered_method_agrees_across_two_processes(contract):
     """The distributed contract: each method trained by the real Trainer under DDP on 2 gloo
     processes, its state (model and runtime fields) all-gathered and compared after every step
     and after finalize."""
-    r0, r1 = spawn("spikecompress.train.distributed_contract:contract_worker",
-                   (list(METHODS), "conv_net"), 2, 120)
-    failed = {k: v for k, v in r0.items() if v is not None}
+    r0, r1 = contract
+    failed = {k: v for k, v in r0.items() if v is not None and k in METHODS}
     assert not failed, failed
     assert r1 == r0
 
 
-def test_a_method_without_reduce_is_caught_by_the_distributed_contract():
-    r0, _ = spawn("spikecompress.train.distributed_contract:contract_worker",
-                  ([f"{WORKERS}:LocalActivity"], "mlp"), 2)
-    msg = r0[f"{WORKERS}:LocalActivity"]
+def test_a_method_without_reduce_is_caught_by_the_distributed_contract(contract):
+    msg = contract[0][f"{WORKERS}:LocalActivity"]
     assert msg.startswith("StateDivergence: after step 1: local_activity.spikes_ differs")
 
 
@@ -173,9 +181,11 @@ def test_a_process_group_that_never_forms_is_a_one_line_error(tmp_path):
     ({"RANK": "0", "WORLD_SIZE": "2", "SPIKECOMPRESS_DIST_TIMEOUT": "soon"}, ["train"],
      "SPIKECOMPRESS_DIST_TIMEOUT='soon' must be a number of seconds"),
 ])
-def test_bad_distributed_settings_fail_before_any_work(tmp_path, env_extra, args, message):
-    env = {**os.environ, **env_extra, "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
+def test_bad_distributed_settings_fail_before_any_work(tmp_path, monkeypatch, capsys, env_extra,
+                                                       args, message):
+    for key, value in {**env_extra, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
     argv = [*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args
-    r = _cli(argv, env)
-    assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not dist.is_initialized() and not (tmp_path / "o").exists()

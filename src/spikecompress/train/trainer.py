@@ -128,13 +128,13 @@ class Trainer:
     def _resume(self) -> bool:
         if self.out_dir is None or not (self.out_dir / ckpt.POINTER).exists():
             return False
-        tensors, meta = ckpt.load_checkpoint(self.out_dir)
-        saved_world = meta.get("world_size", 1)
+        saved_world = ckpt.read_pointer(self.out_dir).get("world_size", 1)
         if saved_world != self.comm.world_size:
             raise ckpt.CheckpointError(
                 f"checkpoint in {self.out_dir} was written by a run of {saved_world} "
                 f"process(es), this one has {self.comm.world_size}: resume it with the same "
                 f"number of processes (torchrun --nproc-per-node / --nnodes), or use a new --out")
+        tensors, meta = ckpt.load_checkpoint(self.out_dir)
         model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             self.model.load_state_dict(model_sd)
