@@ -1,6 +1,6 @@
 """Distributed training: collectives, sharding, DDP against one process, SyncBatchNorm, the
 distributed contract (every method's state compared across 2 gloo processes), and the boundary
-errors. Whole-job tests under torchrun (SIGKILL resume, two nodes) are in tests/cli/test_torchrun.py."""
+errors. Whole-job tests under torchrun (SIGKILL resume, two nodes): tests/cli/test_torchrun.py."""
 
 import json
 import os
