@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from spikecompress.compress.contract import tiny_model
+from spikecompress.compress.contract import TINY_MODELS, tiny_model
 from spikecompress.compress.registry import METHODS
 from spikecompress.compress.session import attach
 from spikecompress.data import DataConfig, load_data
@@ -61,16 +61,21 @@ def check_method_distributed(method: str, model_name: str = "conv_net", epochs: 
     session.finalize()
 
 
-def contract_worker(methods: list[str], model_name: str) -> dict[str, str | None]:
-    """Every method of ``methods`` in turn: None when it passed, else its error's first line."""
+def contract_worker(methods: list[str], model_names: list[str]) -> dict[str, str | None]:
+    """Every method of ``methods`` on every model of ``model_names`` in turn, keyed
+    ``"<method>@<model>"``: None when it passed, else its error's first line (a model family
+    the method refuses, its class's ``REFUSES``, is left out)."""
     results: dict[str, str | None] = {}
-    for method in methods:
-        try:
-            check_method_distributed(method, model_name)
-            results[method] = None
-        except Exception as e:  # noqa: BLE001 - reported per method, the next one still runs
-            first = (str(e).strip().splitlines() or [""])[0]
-            results[method] = f"{type(e).__name__}: {first}"
+    for model_name in model_names:
+        for method in methods:
+            if TINY_MODELS[model_name]["name"] in getattr(resolve(method), "REFUSES", ()):
+                continue
+            try:
+                check_method_distributed(method, model_name)
+                results[f"{method}@{model_name}"] = None
+            except Exception as e:  # noqa: BLE001 - reported per method, the next one runs
+                first = (str(e).strip().splitlines() or [""])[0]
+                results[f"{method}@{model_name}"] = f"{type(e).__name__}: {first}"
     return results
 
 
