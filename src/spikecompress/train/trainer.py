@@ -10,11 +10,12 @@ replaces the forward / backward / optimizer step of each batch with ``Session.tr
 Distributed (under ``torchrun``, see ``train.distributed``): the model trains wrapped in DDP, each
 rank on its own shard of the data (``load_data(cfg, rank, world_size)``), with its own seed
 (``seed + rank``, for dropout and Poisson spikes); the session's methods agree through their
-``reduce_`` hooks; gradients of a method's own parameters outside the model are averaged like
-DDP's; the logged loss and accuracy are means over the ranks (so a NaN on one rank stops all);
-BatchNorm buffers are taken from rank 0 before every evaluation and checkpoint (or synchronised
-at every step with ``cfg.sync_batchnorm``). Only rank 0 logs and writes; every rank resumes from
-the same checkpoint, which holds every rank's RNG state.
+``reduce_`` hooks; the parameters in the methods' own optimizer groups stay out of DDP (a method
+may use them outside the forward) and the Trainer averages their gradients itself; the logged
+loss and accuracy are means over the ranks (so a NaN on one rank stops all); BatchNorm buffers
+are taken from rank 0 before every evaluation and checkpoint (or synchronised at every step with
+``cfg.sync_batchnorm``). Only rank 0 logs and writes; every rank resumes from the same
+checkpoint, which holds every rank's RNG state.
 """
 
 from __future__ import annotations
