@@ -65,7 +65,7 @@ def sync_bn(full_batch: list) -> dict:
     bn = nn.BatchNorm2d(x.shape[1]).double()
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([1.5, 0.5], dtype=torch.float64))
-    undo = sync_batchnorm_(bn)
+    undo = sync_batchnorm_(bn, comm)
     y = bn(x)
     (y * torch.arange(y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
     undo()

@@ -9,6 +9,7 @@ returns the function that puts the original forward back.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spikecompress.collectives import Collectives
 from spikecompress.snn import BatchNorm1d, BatchNorm2d, BNTT1d, BNTT2d
 
 BNTT = (BNTT1d, BNTT2d)
@@ -23,9 +25,10 @@ BNTT = (BNTT1d, BNTT2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def sync_batchnorm_(model: nn.Module) -> Callable[[], None]:
+def sync_batchnorm_(model: nn.Module, comm: Collectives) -> Callable[[], None]:
     """Make every BatchNorm of ``model`` normalise over the global batch while training (a no-op
-    unless several processes run); returns the undo function."""
+    unless several processes run); returns the undo function. The statistics' traffic is counted
+    in ``comm.bytes_sent``."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return lambda: None
     for name, m in model.named_modules():
@@ -35,7 +38,7 @@ def sync_batchnorm_(model: nn.Module) -> Callable[[], None]:
     norms = [m for m in model.modules() if isinstance(m, _NORMS) and not isinstance(
         m, nn.SyncBatchNorm)]
     for m in norms:
-        m.forward = types.MethodType(_synced_forward, m)
+        m.forward = types.MethodType(functools.partial(_synced_forward, comm=comm), m)
 
     def undo() -> None:
         for m in norms:
@@ -49,35 +52,40 @@ class _AllReduceSum(torch.autograd.Function):
     loss depends on every rank's contribution to the global statistics)."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, t: torch.Tensor, comm: Collectives) -> torch.Tensor:
+        ctx.comm = comm
         out = t.clone()
-        dist.all_reduce(out)
+        comm.sum_(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         out = grad.clone()
-        dist.all_reduce(out)
-        return out
+        ctx.comm.sum_(out)
+        return out, None
 
 
-def _synced_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+def _synced_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor,
+                    comm: Collectives) -> torch.Tensor:
     """The layer's forward with global statistics: our sequence layers (``snn.BatchNorm1d/2d``)
     take x_seq [T, B, C, ...] and normalise over time and batch together, torch's take
     [N, C, ...]."""
     if not self.training:
         return type(self).forward(self, x)
     if isinstance(self, (BatchNorm1d, BatchNorm2d)):
-        return _global_norm(self, x.flatten(0, 1)).view_as(x)  # [T*B, C, ...] and back
-    return _global_norm(self, x)
+        return _global_norm(self, x.flatten(0, 1), comm).view_as(x)  # [T*B, C, ...] and back
+    return _global_norm(self, x, comm)
 
 
-def _global_norm(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+def _global_norm(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor,
+                 comm: Collectives) -> torch.Tensor:
     """Batch normalisation y = (x - μ) / sqrt(σ² + eps) · γ + β with μ, σ² (biased) over every
     rank's batch: two autograd-aware all-reduces (the sums, then the squared deviations), so the
     gradient flows through the global statistics as through local ones. Running statistics are
     updated with the unbiased global variance, as nn.BatchNorm does locally. ``x``: [N, C, ...]."""
-    all_reduce = _AllReduceSum.apply
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(t, comm)
+
     C = x.shape[1]
     dims = [0, *range(2, x.dim())]  # every axis but the channels
     shape = [1, C] + [1] * (x.dim() - 2)  # [1, C, 1, ...] to broadcast per channel

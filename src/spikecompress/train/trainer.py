@@ -71,7 +71,7 @@ class Trainer:
         self.model = model.to(self.device)
         if session is not None:
             session.ctx.comm = self.comm  # the methods' collectives, counted with the Trainer's
-        self.unsync_bn = sync_batchnorm_(model) if cfg.sync_batchnorm else None
+        self.unsync_bn = sync_batchnorm_(model, self.comm) if cfg.sync_batchnorm else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
         groups = session.param_groups() if session is not None else []
