@@ -9,7 +9,9 @@ import pytest
 
 from spikecompress.data import DataConfig, DataError, load_data
 from spikecompress.data import api as api_mod
+from spikecompress.data import event_binning as eb
 from spikecompress.data import event_files as ef
+from spikecompress.data import event_recordings as er
 
 
 # -- writers and the brute-force reference --------------------------------------------------------
@@ -112,7 +114,7 @@ def test_nmnist_bits_round_trip(tmp_path):
     t = np.array([0, 1, 0x123456, 2**16 + 255, 2**23 - 1])
     p = np.array([0, 1, 1, 0, 1])
     (tmp_path / "a.bin").write_bytes(encode_nmnist(x, y, t, p))
-    got = ef.read_nmnist_bin(tmp_path / "a.bin")
+    got = er.read_nmnist_bin(tmp_path / "a.bin")
     for a, b in zip(got, (x, y, t, p), strict=True):
         assert np.array_equal(a, b)
 
@@ -137,7 +139,7 @@ def test_nmnist_decoder_agrees_with_tonics_reader(tmp_path):
     (tmp_path / "b.bin").write_bytes(encode_nmnist(*ev))
     dtype = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
     theirs = tonic_io.read_mnist_file(str(tmp_path / "b.bin"), dtype=dtype)
-    ours = ef.read_nmnist_bin(tmp_path / "b.bin")
+    ours = er.read_nmnist_bin(tmp_path / "b.bin")
     for name, a in zip("xytp", ours, strict=True):
         assert np.array_equal(theirs[name], a)
 
@@ -162,7 +164,7 @@ def test_nmnist_downsample_sum_pools_and_chunks_agree(tmp_path, monkeypatch):
     data = load_data(cfg)
     assert data.input_shape == (2, 9, 9)  # ceil(34 / 4)
     assert_frames(data.train.x, samples["train"], 5, 34, 34, d=4)
-    monkeypatch.setattr(ef, "CHUNK_CELLS", 1)  # one recording per chunk
+    monkeypatch.setattr(eb, "CHUNK_CELLS", 1)  # one recording per chunk
     assert np.array_equal(load_data(cfg).train.x.numpy(), data.train.x.numpy())
 
 
@@ -352,6 +354,6 @@ def test_memory_is_checked_from_the_listing_before_reading(tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("read a recording before the memory check")
 
-    monkeypatch.setattr(ef, "read_nmnist_bin", refuse)
+    monkeypatch.setattr(er, "read_nmnist_bin", refuse)
     one_line_error(r"data.T 100: .* more than 50% of this machine", lambda: load_data(
         DataConfig("nmnist", root=str(tmp_path), T=100)))

@@ -12,14 +12,10 @@ import torch
 
 from spikecompress.data.common import MAX_ABS, Arrays, DataError, stratified_head
 from spikecompress.data.embedded import digits_arrays, mnist1d_arrays
-from spikecompress.data.event_files import (
-    EVENT_FILE_DATASETS,
-    dvs_gesture_arrays,
-    event_files_shape,
-    events_npz_arrays,
-    nmnist_arrays,
-)
+from spikecompress.data.event_files import EVENT_FILE_DATASETS, event_files_shape
+from spikecompress.data.event_recordings import dvs_gesture_arrays, nmnist_arrays
 from spikecompress.data.events import event_digits_arrays
+from spikecompress.data.events_npz import events_npz_arrays
 from spikecompress.data.loader import Loader
 from spikecompress.data.local import cifar_arrays, mnist_family_arrays, npz_arrays
 from spikecompress.snn.encoding import ENCODERS
@@ -59,7 +55,7 @@ class DataConfig:
     tsc (values in [0, 1], T >= 2) | ttfs (the onset: x at step 0, 0 after) for static data;
     events (or direct, the same) for event data, whose T frames bin each recording into T
     windows (event_digits: its 300 ms; nmnist, dvs_gesture, events_npz: each recording's own
-    span from its first to its last event, see :mod:`spikecompress.data.event_files`).
+    span from its first to its last event, see :mod:`spikecompress.data.event_binning`).
     ``root``: the local data folder (mnist family, cifar; nmnist: the folder holding Train/ and
     Test/; dvs_gesture: the folder holding ibmGestureTrain/ and ibmGestureTest/), the .npz file
     path (npz; events_npz: the file, or a folder holding train.npz and test.npz), or the cache

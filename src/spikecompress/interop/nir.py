@@ -49,7 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikecompress.export.nir import FORMAT, _f32, _nir, neuron_fields
+from spikecompress.export.nir import FORMAT
+from spikecompress.export.nir_nodes import _f32, _nir, neuron_fields
 from spikecompress.models.layer_graph import INPUT, NODE_TYPES, Add, LayerGraph
 from spikecompress.snn import layers as seq
 from spikecompress.snn.neuron import IF, LIF, PLIF, set_spike_mask_
