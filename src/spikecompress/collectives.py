@@ -6,11 +6,11 @@ covariances, spike counts, rewards — are measured on each process's shard and 
 makes them agree in its ``reduce_(model, ctx)`` hook through ``ctx.comm``, a ``Collectives``: in a
 one-process run every operation is the identity, so one code path serves both.
 
-Accumulators follow one pattern: the forward hooks add into a *pending* local tensor, and
-``reduce_`` folds the sum of every rank's pending tensor into the agreed total and clears the
-pending one (``fold_``). The Session calls ``reduce_`` before each ``after_step`` and before
-``finalize``, so agreed totals are what every hook that uses them reads, and a checkpoint (written
-after ``after_step``) never holds pending data.
+The Session calls ``reduce_`` before each ``after_step`` and before ``finalize``, so what every
+hook reads has agreed, and a checkpoint (written after ``after_step``) holds agreed state only.
+Accumulators agree in one of two ways: ``reduce_`` sums only this step's local contribution over
+the ranks and adds it to the agreed total (PCA's covariances), or averages totals that agreed
+before the step (SCA's activity sums: the agreed value plus the ranks' mean batch).
 """
 
 from __future__ import annotations
@@ -65,13 +65,6 @@ class Collectives:
             dist.broadcast(flat, src=src, group=self.group)
             self.bytes_sent += flat.numel() * flat.element_size()
             _scatter_back(flat, targets)
-
-    def fold_(self, total: torch.Tensor, pending: torch.Tensor) -> None:
-        """``total += sum over ranks of pending``; then ``pending = 0`` (the accumulator pattern
-        of the module docstring)."""
-        self.sum_(pending)
-        total.add_(pending.to(total.dtype))
-        pending.zero_()
 
     def gather_object(self, obj: object) -> list:
         """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a one-process run."""

@@ -27,7 +27,7 @@ from spikecompress.compress.prune.channel_select import (
 )
 from spikecompress.compress.prune.groups import channel_groups
 from spikecompress.compress.prune.l1_filter import filter_l1, normalised_filter_l1
-from spikecompress.compress.prune.sca import channel_score
+from spikecompress.compress.prune.sca_scores import channel_score
 from spikecompress.compress.prune.slimming import gamma_scores
 from spikecompress.compress.prune.spines import Spines, spine_row_scores
 from spikecompress.data import DataConfig, load_data

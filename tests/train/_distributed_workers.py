@@ -20,7 +20,7 @@ MLP = {"name": "mlp", "in_features": 64, "widths": [16], "classes": 10}
 
 
 def collectives() -> dict:
-    """sum_ / mean_ / max_ / broadcast_ / fold_ on rank-dependent values (all dyadic: exact)."""
+    """sum_ / mean_ / max_ / broadcast_ on rank-dependent values (all dyadic: exact)."""
     comm = Collectives()
     r = comm.rank
     a = torch.tensor([1.0 + r, 0.5 * r])
@@ -33,11 +33,8 @@ def collectives() -> dict:
     comm.max_(mx)
     pick = torch.tensor([10.0 + r])
     comm.broadcast_(pick)
-    total, pending = torch.zeros(2), torch.tensor([1.0, 0.25 * r])
-    comm.fold_(total, pending)
     return {"a": a.tolist(), "b": b.tolist(), "flags": flags.tolist(), "mean": m.tolist(),
-            "max": mx.tolist(), "pick": pick.tolist(), "total": total.tolist(),
-            "pending": pending.tolist(), "bytes": comm.bytes_sent}
+            "max": mx.tolist(), "pick": pick.tolist(), "bytes": comm.bytes_sent}
 
 
 def train_mlp(world_batch: int, steps_epochs: int) -> list[float]:

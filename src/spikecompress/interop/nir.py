@@ -37,11 +37,11 @@ area (exact: scaling by a power of two); LIF / IF as above. Several edges into a
 (an ``Add`` node before it, summing in edge order). LI, CubaLI, CubaLIF, I, Scale, Threshold,
 Delay, subgraphs and cycles have no counterpart and are refused by name and type, as is any node a
 convention cannot represent exactly. Nodes the Output does not depend on are left out.
+The neurons of each convention are built in ``interop.nir_neurons``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -50,10 +50,16 @@ import torch
 from torch import nn
 
 from spikecompress.export.nir import FORMAT
-from spikecompress.export.nir_nodes import _f32, _nir, neuron_fields
-from spikecompress.models.layer_graph import INPUT, NODE_TYPES, Add, LayerGraph
+from spikecompress.export.nir_nodes import _nir
+from spikecompress.interop.nir_neurons import (
+    neuron_ours,
+    neuron_snntorch,
+    neuron_spikingjelly,
+    refuse,
+    text,
+)
+from spikecompress.models.layer_graph import INPUT, Add, LayerGraph
 from spikecompress.snn import layers as seq
-from spikecompress.snn.neuron import IF, LIF, PLIF, set_spike_mask_
 
 CONVENTIONS = ("auto", "spikecompress", "spikingjelly", "snntorch")
 DEFAULT_DT = 1e-4
@@ -69,20 +75,8 @@ _NO_COUNTERPART = {
 }
 
 
-def _refuse(name: str, node, why: str) -> ValueError:
-    return ValueError(f"import_nir: node {name!r} (nir.{type(node).__name__}): {why}")
-
-
-def _text(v) -> str | None:
-    if isinstance(v, bytes):
-        return v.decode("utf8")
-    if isinstance(v, np.ndarray) and v.dtype.kind in "SO" and v.size == 1:
-        return _text(v.item())
-    return v if isinstance(v, str) else None
-
-
 def _is_ours(graph) -> bool:
-    return _text((graph.metadata or {}).get("format")) == FORMAT
+    return text((graph.metadata or {}).get("format")) == FORMAT
 
 
 def _pair(v) -> tuple[int, ...]:
@@ -95,110 +89,12 @@ def _one(v) -> int:
 
 
 def _padding(v, dims: int):
-    t = _text(v)
+    t = text(v)
     if t is not None:
         return t
     a = np.asarray(v).reshape(-1)
     return int(a[0]) if dims == 1 else (tuple(int(x) for x in a) if a.size == 2
                                         else (int(a[0]),) * 2)
-
-
-def _per_channel(arr, name: str, node, what: str) -> torch.Tensor:
-    """A per-neuron array [C, ...] (or [N]) as a scalar or [C] tensor, if it is one."""
-    a = np.asarray(arr, dtype=np.float64)
-    if a.size and bool((a == a.reshape(-1)[0]).all()):
-        return torch.tensor(float(a.reshape(-1)[0]))
-    if a.ndim == 1:
-        return torch.tensor(a, dtype=torch.float32)
-    flat = a.reshape(a.shape[0], -1)
-    if bool((flat == flat[:, :1]).all()):
-        return torch.tensor(flat[:, 0], dtype=torch.float32)
-    raise _refuse(name, node, f"{what} differs within a channel; our neurons hold one value per "
-                              f"channel")
-
-
-def _scalar(arr, name: str, node, what: str) -> float:
-    a = np.asarray(arr, dtype=np.float64).reshape(-1)
-    if a.size == 0 or not bool((a == a[0]).all()):
-        raise _refuse(name, node, f"{what} must be one value for all neurons")
-    return float(a[0])
-
-
-def _close(a, b) -> bool:
-    return bool(np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                            rtol=1e-6, atol=1e-12))
-
-
-# --------------------------------------------------------------------------------------------
-# neurons
-
-
-def _neuron_ours(nir, name: str, node, meta: dict, dt: float) -> nn.Module:
-    kind = _text(meta.get("module"))
-    if kind not in ("lif", "if", "plif") or _text(meta.get("describe")) is None:
-        raise _refuse(name, node, "spikecompress metadata without a neuron description")
-    module = NODE_TYPES[kind][1](json.loads(_text(meta["describe"])))
-    if isinstance(module, PLIF):
-        with torch.no_grad():
-            module.w.copy_(torch.as_tensor(np.asarray(meta["plif_w"]), dtype=module.w.dtype))
-    if "spike_mask" in meta:
-        set_spike_mask_(module, torch.as_tensor(np.asarray(meta["spike_mask"])))
-    shape = tuple(np.asarray(node.v_threshold).shape)
-    want = neuron_fields(module, shape, dt, name)
-    if want.pop("type") != type(node).__name__ or any(
-            not np.array_equal(_f32(v), _f32(getattr(node, k))) for k, v in want.items()):
-        raise _refuse(name, node, "its NIR parameters differ from its spikecompress metadata "
-                                  "(edited after export?)")
-    return module
-
-
-def _neuron_spikingjelly(name: str, node, dt: float) -> nn.Module:
-    v_reset = _scalar(node.v_reset, name, node, "v_reset")
-    v_th = _per_channel(node.v_threshold, name, node, "v_threshold")
-    if type(node).__name__ == "IF":
-        if not _close(node.r, 1 / dt):
-            raise _refuse(name, node, f"r must be 1/dt = {1 / dt:g} (the Euler step dt·r·I adds "
-                                      f"I) under the spikingjelly convention")
-        return IF(v_threshold=v_th, v_reset=v_reset, semantics="spikingjelly")
-    tau = np.asarray(node.tau, dtype=np.float64) / dt
-    if not bool((np.isfinite(tau) & (tau > 1)).all()):
-        raise _refuse(name, node, f"tau/dt must be finite and > 1 (dt = {dt:g})")
-    if _close(node.r, 1.0):
-        decay_input = True
-    elif _close(node.r, tau):
-        decay_input = False
-    else:
-        raise _refuse(name, node, "r must be 1 or tau/dt under the spikingjelly convention")
-    if not _close(node.v_leak, v_reset):
-        raise _refuse(name, node, "v_leak must equal v_reset under the spikingjelly convention")
-    return LIF(tau=_per_channel(tau, name, node, "tau"), v_threshold=v_th, v_reset=v_reset,
-               decay_input=decay_input, semantics="spikingjelly")
-
-
-def _neuron_snntorch(name: str, node, dt: float) -> nn.Module:
-    if type(node).__name__ == "IF":
-        raise _refuse(name, node, "snnTorch imports NIR IF as a leaky Leaky(beta=0.9), which we "
-                                  "will not reproduce; use the spikingjelly convention")
-    if not np.allclose(node.v_leak, 0.0):
-        raise _refuse(name, node, "v_leak must be 0 under the snntorch convention")
-    tau = np.asarray(node.tau)
-    beta = 1 - (dt / tau)  # snnTorch's expressions, in the graph's dtype
-    vthr = np.asarray(node.v_threshold)
-    w_scale = np.asarray(node.r) * dt / tau
-    if not np.allclose(w_scale, 1.0):
-        if np.unique(w_scale).size != 1:
-            raise _refuse(name, node, "w_scale = r·dt/tau differs between neurons (snnTorch would "
-                                      "silently use its smallest value)")
-        vthr = vthr / np.unique(w_scale)[0]
-    theta = _scalar(vthr, name, node, "v_threshold (after snnTorch's w_scale)")
-    if not bool(((beta > 0) & (beta < 1)).all()):
-        raise _refuse(name, node, "beta = 1 − dt/tau must be in (0, 1)")
-    steps = np.asarray(tau, dtype=np.float64) / dt
-    module = LIF(tau=_per_channel(steps, name, node, "tau") if bool((steps > 1).all()) else 2.0,
-                 v_threshold=float(np.float32(theta)), v_reset=0.0, decay_input=False,
-                 semantics="snntorch")
-    module.leak = _per_channel(beta.astype(np.float32), name, node, "beta")
-    return module
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +123,7 @@ def _layer(name: str, node, meta: dict, ours: bool, gain: float) -> nn.Module:
     kind = type(node).__name__
     if kind in ("Affine", "Linear"):
         if np.asarray(node.weight).ndim != 2:
-            raise _refuse(name, node, "a weight with more than 2 dimensions")
+            raise refuse(name, node, "a weight with more than 2 dimensions")
         w = _weight(node, gain)
         b = _bias(node, meta, ours) if kind == "Affine" else None
         module = seq.Linear(w.shape[1], w.shape[0], bias=b is not None)
@@ -244,7 +140,7 @@ def _layer(name: str, node, meta: dict, ours: bool, gain: float) -> nn.Module:
         return seq.AvgPool2d(_pair(node.kernel_size), stride=_pair(node.stride),
                              padding=_pair(node.padding))
     else:
-        raise _refuse(name, node, _NO_COUNTERPART.get(kind, "no spikecompress counterpart"))
+        raise refuse(name, node, _NO_COUNTERPART.get(kind, "no spikecompress counterpart"))
     with torch.no_grad():
         module.weight.copy_(w)
         if b is not None:
@@ -260,7 +156,7 @@ def _flatten(name: str, node) -> nn.Module:
     start = int(node.start_dim) % n if n else 0
     end = int(node.end_dim) % n if n else -1
     if n and (start != 0 or end != n - 1):
-        raise _refuse(name, node, "a Flatten that keeps some sample dimensions (start_dim 0 and "
+        raise refuse(name, node, "a Flatten that keeps some sample dimensions (start_dim 0 and "
                                   "end_dim -1 are supported)")
     return seq.Flatten()
 
@@ -320,20 +216,20 @@ def _sumpool_gains(graph, order, preds) -> dict[str, float]:
             continue
         area = math.prod(_pair(node.kernel_size))
         if area & (area - 1):
-            raise _refuse(name, node, f"a sum pool of {area} elements is an average pool times "
+            raise refuse(name, node, f"a sum pool of {area} elements is an average pool times "
                                       f"{area}, not a power of two: not exact")
         cur = name
         while True:
             nxt = succs[cur]
             if len(nxt) != 1 or len(preds[nxt[0]]) != 1:
-                raise _refuse(name, node, "a sum pool must feed (through Flattens) exactly one "
+                raise refuse(name, node, "a sum pool must feed (through Flattens) exactly one "
                                           "Affine, Linear or Conv, its only input")
             cur = nxt[0]
             kind = type(graph.nodes[cur]).__name__
             if kind in ("Affine", "Linear", "Conv1d", "Conv2d"):
                 break
             if kind != "Flatten":
-                raise _refuse(name, node, f"a sum pool feeding nir.{kind} cannot fold its scale")
+                raise refuse(name, node, f"a sum pool feeding nir.{kind} cannot fold its scale")
         gains[cur] = gains.get(cur, 1.0) * area
     return gains
 
@@ -366,7 +262,7 @@ def import_nir(path_or_graph, *, dt: float | None = None, convention: str = "aut
 
     for name, node in graph.nodes.items():
         if isinstance(node, nir.NIRGraph):
-            raise _refuse(name, node, _NO_COUNTERPART["NIRGraph"])
+            raise refuse(name, node, _NO_COUNTERPART["NIRGraph"])
     first, last, order, preds = _order(graph)
     in_shape = tuple(int(s) for s in np.asarray(graph.nodes[first].input_type["input"]).reshape(-1))
     gains = _sumpool_gains(graph, order, preds)
@@ -400,11 +296,11 @@ def import_nir(path_or_graph, *, dt: float | None = None, convention: str = "aut
         inputs = source(preds[name], name)
         if kind in ("LIF", "IF"):
             if use_meta:
-                module = _neuron_ours(nir, name, node, meta, dt)
+                module = neuron_ours(nir, name, node, meta, dt)
             elif convention == "snntorch":
-                module = _neuron_snntorch(name, node, dt)
+                module = neuron_snntorch(name, node, dt)
             else:
-                module = _neuron_spikingjelly(name, node, dt)
+                module = neuron_spikingjelly(name, node, dt)
         elif kind == "Flatten":
             module = _flatten(name, node)
         else:

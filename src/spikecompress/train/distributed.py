@@ -33,13 +33,11 @@ class DistributedError(RuntimeError):
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the run: ``rank`` of ``world_size``, ``local_rank`` on its node,
-    ``backend`` ("gloo", "nccl"; None for one process)."""
+    """This process's place in the run: ``rank`` of ``world_size``, ``local_rank`` on its node."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    backend: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -86,8 +84,7 @@ def init_distributed(device: str = "cpu") -> tuple[World, str]:
     if world.world_size == 1:
         return world, device
     if dist.is_initialized():  # already joined (a library user's own group)
-        return World(dist.get_rank(), dist.get_world_size(), world.local_rank,
-                     dist.get_backend()), device
+        return World(dist.get_rank(), dist.get_world_size(), world.local_rank), device
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         device = f"cuda:{world.local_rank}"
@@ -103,7 +100,7 @@ def init_distributed(device: str = "cpu") -> tuple[World, str]:
             f"distributed: rank {world.rank} of {world.world_size} could not form the process "
             f"group at {where} within {wait:g} s ({first}); start the same torchrun command on "
             f"every node, or raise {TIMEOUT_ENV}") from None
-    return World(world.rank, world.world_size, world.local_rank, backend), device
+    return world, device
 
 
 def shutdown() -> None:
