@@ -14,10 +14,9 @@ from spikecompress.compress.contract import TINY_MODELS as TINY
 from spikecompress.compress.contract import check_method
 from spikecompress.compress.parametrize import is_plain
 from spikecompress.compress.quant.fake_quant import quantize
-from spikecompress.compress.temporal.lite_snn import (
-    TIME,
+from spikecompress.compress.temporal.lite_snn import TIME, LiteSNN
+from spikecompress.compress.temporal.lite_snn_space import (
     CompConv,
-    LiteSNN,
     pruned_variants,
     synops_per_frame,
 )
