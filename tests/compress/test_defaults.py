@@ -68,6 +68,7 @@ def test_defaults_compress_a_trained_cnn_and_keep_its_accuracy(name, trained, da
     assert result["compressed"]["accuracy"] >= result["dense"]["accuracy"] - 0.04
 
 
+@pytest.mark.slow  # the conversion family's defaults: ttfs in the default tier, these two here
 def test_ann_conversion_defaults_keep_the_ann_accuracy_at_32_steps(trained):
     """Conversion is not compression (the SNN it returns is the size of the ANN): with its
     defaults, one calibration epoch (lr ~ 0) gives an SNN within 3 points of its ANN at T = 32."""
@@ -78,6 +79,7 @@ def test_ann_conversion_defaults_keep_the_ann_accuracy_at_32_steps(trained):
     assert result["compressed"]["accuracy"] >= result["dense"]["accuracy"] - 0.04
 
 
+@pytest.mark.slow  # (see above)
 def test_tsc_defaults_keep_the_ann_accuracy_at_a_window_of_16():
     """TSC converts an ANN twin with max pooling (exact under TSC; average pooling is refused):
     with its defaults, one calibration epoch (lr ~ 0) gives a TSC network within 3 points of its
